@@ -1,0 +1,128 @@
+"""One tuner layer for every adapter method, wrapping `nn.Linear` or `nn.Conv2d` (LoCon form).
+
+Enable/disable, merge/unmerge (safe and unsafe), several named adapters and device moves are implemented once here;
+the per-method differences live in `adapters.py` and the maths in `functional.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from torch import Tensor, nn
+
+from . import functional as Fn
+from .adapters import AdapterSpec, AdapterWeights, build_adapter
+
+
+def check_supported(module: nn.Module, name: str = "module") -> None:
+    """Raise a clear error for modules the adapters cannot wrap exactly."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise TypeError(f"{name}: grouped/depthwise Conv2d (groups={module.groups}) is not supported")
+        if module.padding_mode != "zeros":
+            raise TypeError(f"{name}: Conv2d padding_mode={module.padding_mode!r} is not supported (only 'zeros')")
+        return
+    if isinstance(module, nn.Linear):
+        return
+    raise TypeError(
+        f"{name}: {type(module).__name__} is not supported; adapters wrap nn.Linear and nn.Conv2d (groups=1) only"
+    )
+
+
+class AdapterLayer(nn.Module, BaseTunerLayer):
+    """A frozen base layer plus named LoRA/SVFit/LoLDU adapters: y = base(x) + Σ_active scale·C(g ⊙ R x)."""
+
+    adapter_layer_names = ("pi_adapters",)
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, spec: AdapterSpec) -> None:
+        super().__init__()
+        check_supported(base_layer)
+        self.base_layer = base_layer
+        self.pi_adapters = nn.ModuleDict()
+        self._disable_adapters = False
+        self.merged_adapters: list[str] = []
+        self._active_adapter = adapter_name
+        self.update_layer(adapter_name, spec)
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.get_base_layer(), nn.Conv2d)
+
+    def update_layer(self, adapter_name: str, spec: AdapterSpec) -> None:
+        """Add (or replace) adapter `adapter_name`, built from the current base weight."""
+        weight = self.get_base_layer().weight
+        self.pi_adapters[adapter_name] = build_adapter(weight, spec).to(weight.device)
+        self.set_adapter(self.active_adapters)
+
+    def adapter(self, adapter_name: str) -> AdapterWeights:
+        return self.pi_adapters[adapter_name]
+
+    # ------------------------------------------------------------------------------------------------ maths
+
+    def delta_forward(self, x: Tensor, adapter_name: str) -> Tensor:
+        """Δy of one adapter for input x, computed in the adapter's dtype (fp32 by default)."""
+        adapter = self.pi_adapters[adapter_name]
+        down, gain, up = adapter.factors()
+        x = x.to(down.dtype)
+        if not self.is_conv:
+            return Fn.linear_delta(x, down, gain, up, adapter.scale)
+        conv = self.get_base_layer()
+        return Fn.conv2d_delta(
+            x,
+            down,
+            gain,
+            up,
+            adapter.scale,
+            kernel_size=conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+        )
+
+    def get_delta_weight(self, adapter_name: str) -> Tensor:
+        """ΔW of one adapter, shaped like the base weight, in the adapter's dtype."""
+        down, gain, up = self.pi_adapters[adapter_name].factors()
+        delta = Fn.delta_weight(down, gain, up, self.pi_adapters[adapter_name].scale)
+        return delta.reshape(self.get_base_layer().weight.shape)
+
+    # ------------------------------------------------------------------------------------------------ merging
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add ΔW of the given (default: active) adapters into the base weight; sums are formed in fp32."""
+        weight = self.get_base_layer().weight
+        for name in check_adapters_to_merge(self, adapter_names):
+            if name not in self.pi_adapters:
+                continue
+            merged = weight.data.float() + self.get_delta_weight(name).detach().float()
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"merging adapter {name!r} would put inf/NaN into the base weight; nothing merged")
+            weight.data.copy_(merged.to(weight.dtype))
+            self.merged_adapters.append(name)
+
+    def unmerge(self) -> None:
+        """Subtract every merged ΔW again, newest first."""
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            restored = weight.data.float() - self.get_delta_weight(name).detach().float()
+            weight.data.copy_(restored.to(weight.dtype))
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        out = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return out
+        for name in self.active_adapters:
+            if name in self.pi_adapters:
+                out = out + self.delta_forward(x, name).to(out.dtype)
+        return out
+
+    def __repr__(self) -> str:
+        return "pi." + super().__repr__()

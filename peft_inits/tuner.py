@@ -1,0 +1,53 @@
+"""The injector: a `peft` BaseTuner that places `AdapterLayer`s where the block-selection layer says."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .config import AdapterConfig
+from .layers import AdapterLayer, check_supported
+
+
+class AdapterModel(BaseTuner):
+    """One tuner for LoRA, SVFit and LoLDU: the method of each module comes from the resolved block plan."""
+
+    prefix: str = "pi_"
+    tuner_layer_cls = AdapterLayer
+    target_module_mapping: ClassVar[dict[str, list[str]]] = {}
+
+    def _prepare_adapter_config(self, peft_config: AdapterConfig, model_config: dict) -> AdapterConfig:
+        return peft_config  # targets are resolved against the model in `_prepare_model`
+
+    def _prepare_model(self, peft_config: AdapterConfig, model: nn.Module) -> None:
+        targets = peft_config.resolve(model)
+        modules = dict(model.named_modules())
+        for target in targets:
+            module = modules[target.name]
+            check_supported(module.get_base_layer() if isinstance(module, AdapterLayer) else module, target.name)
+        # Not a dataclass field: the plan lives with the config object only while it is being injected.
+        peft_config._plan = {target.name: target for target in targets}
+
+    def _check_target_module_exists(self, peft_config: AdapterConfig, key: str) -> bool:
+        return key in getattr(peft_config, "_plan", {})
+
+    def _create_and_replace(
+        self,
+        peft_config: AdapterConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        parameter_name: str | None = None,
+    ) -> None:
+        spec = peft_config.spec_for(peft_config._plan[current_key])
+        if isinstance(target, AdapterLayer):
+            target.update_layer(adapter_name, spec)
+            return
+        new_module = AdapterLayer(target, adapter_name, spec)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
