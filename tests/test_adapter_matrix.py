@@ -12,7 +12,7 @@ from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, SVFitConfig, train
 from peft_inits import functional as Fn
 
 CONFIGS = {"lora": LoRAConfig, "svfit": SVFitConfig, "loldu": LoLDUConfig}
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RANK = 2
 
 
