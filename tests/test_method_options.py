@@ -1,0 +1,80 @@
+"""Method options at model level: SVFit energy threshold and randomized SVD, LoLDU z inits and trainable σ."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_cases import MLP
+from peft import PeftModel, get_peft_model
+
+from peft_inits import LoLDUConfig, SVFitConfig
+from peft_inits import functional as Fn
+
+X = torch.randn(5, 13, generator=torch.Generator().manual_seed(0))
+
+
+def _mlp() -> MLP:
+    torch.manual_seed(0)
+    return MLP()
+
+
+def test_energy_threshold_picks_the_smallest_rank_reaching_it(tmp_path):
+    base = _mlp()
+    sigma = torch.linalg.svdvals(base.fc1.weight.double())
+    expected = Fn.energy_rank(sigma, 0.9)
+    assert 1 < expected < 13
+    model = get_peft_model(base, SVFitConfig(r=13, energy_threshold=0.9, target_modules=["fc1"]))
+    adapter = model.base_model.model.fc1.adapter("default")
+    assert adapter.r == expected and adapter.s.numel() == expected
+    assert model.get_nb_trainable_parameters()[0] == expected
+    kept = (sigma[:expected] ** 2).sum() / (sigma**2).sum()
+    assert kept >= 0.9 > (sigma[: expected - 1] ** 2).sum() / (sigma**2).sum()
+    with torch.no_grad():
+        adapter.s.mul_(1.2)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(PeftModel.from_pretrained(_mlp(), tmp_path)(X), model(X))
+
+
+def test_energy_threshold_is_capped_by_r():
+    model = get_peft_model(_mlp(), SVFitConfig(r=2, energy_threshold=0.999, target_modules=["fc1"]))
+    assert model.base_model.model.fc1.adapter("default").r == 2
+
+
+def test_randomized_svd_reloads_to_the_same_factors(tmp_path):
+    config = SVFitConfig(r=4, svd="randomized", svd_niter=3, target_modules=["fc1", "fc2"])
+    model = get_peft_model(_mlp(), config)
+    exact = Fn.svd_top_r(_mlp().fc1.weight, 4)
+    adapter = model.base_model.model.fc1.adapter("default")
+    assert torch.allclose(adapter.s0, exact.S, rtol=1e-3)
+    with torch.no_grad():
+        adapter.s.mul_(0.7)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(PeftModel.from_pretrained(_mlp(), tmp_path)(X), model(X))
+
+
+@pytest.mark.parametrize("init", Fn.LOLDU_Z_INITS)
+def test_loldu_z_init_changes_output_by_the_closed_form(init):
+    base = _mlp()
+    h = torch.tanh(base.fc1(X))
+    model = get_peft_model(base, LoLDUConfig(r=4, alpha=8, z_init=init, target_modules=["fc2"]))
+    adapter = model.base_model.model.fc2.adapter("default")
+    # Δy = σ · P L_r diag(z₀ − D_r) U_r h with σ = alpha / r = 2
+    delta_w = 2.0 * (adapter.up * (adapter.z - adapter.D)) @ adapter.down
+    got = model(X) - model.base_model.model.fc2.base_layer(h)  # get_peft_model wrapped base.fc2 in place
+    assert torch.allclose(got, h @ delta_w.T, atol=1e-5)
+    assert torch.equal(got, torch.zeros_like(got)) == (init == "lu")
+
+
+def test_trainable_sigma_gets_a_gradient_and_is_saved(tmp_path):
+    model = get_peft_model(_mlp(), LoLDUConfig(r=3, train_sigma=True, target_modules=["fc1"]))
+    adapter = model.base_model.model.fc1.adapter("default")
+    with torch.no_grad():
+        adapter.z.mul_(1.3)
+    model(X).pow(2).sum().backward()
+    assert adapter.sigma.grad is not None and adapter.sigma.grad.abs() > 0
+    with torch.no_grad():
+        adapter.sigma.fill_(1.7)
+    model.save_pretrained(tmp_path)
+    loaded = PeftModel.from_pretrained(_mlp(), tmp_path)
+    assert float(loaded.base_model.model.fc1.adapter("default").sigma) == pytest.approx(1.7)
+    assert torch.equal(loaded(X), model(X))
