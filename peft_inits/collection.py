@@ -1,0 +1,207 @@
+"""Collections of adapters: index a folder, cluster, retrieve nearest neighbours, draw a 2-D map, score against labels.
+
+python -m peft_inits.collection DIR --base MODEL_DIR [--descriptor delta] [--clusters K] [--map map.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from peft import set_peft_model_state_dict
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import load_adapter, load_tensors
+from .descriptors import DESCRIPTORS, AdapterRecord, record_from_model, record_from_peft_lora
+
+_RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
+
+
+@dataclass
+class IndexedCollection:
+    """The readable adapters of a folder, and what could not be read (path → reason)."""
+
+    records: list[AdapterRecord]
+    failures: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [r.label for r in self.records]
+
+
+def adapter_dirs(root: str | Path) -> list[Path]:
+    """Every directory under `root` holding an `adapter_config.json`, sorted."""
+    return sorted(p.parent for p in Path(root).rglob("adapter_config.json"))
+
+
+def _label_of(directory: Path) -> str | None:
+    meta = directory / "meta.json"
+    if meta.is_file():
+        return json.loads(meta.read_text()).get("label")
+    return None
+
+
+def index_collection(root: str | Path, base: nn.Module, progress: bool = True) -> IndexedCollection:
+    """Read every adapter under `root` onto `base` (never modified); a corrupt one is reported and skipped.
+
+    SVFit/LoLDU factors are computed once per distinct config and reused: each further adapter only loads its gains
+    into the same wrapped model, where the base-weight fingerprint is still checked.
+    """
+    collection = IndexedCollection(records=[])
+    wrapped: dict[str, nn.Module] = {}
+    for directory in tqdm(adapter_dirs(root), desc="indexing adapters", disable=not progress):
+        try:
+            config = json.loads((directory / "adapter_config.json").read_text())
+            label = _label_of(directory)
+            if config.get("peft_type") == "LORA":
+                collection.records.append(record_from_peft_lora(directory, label))
+                continue
+            key = json.dumps({k: v for k, v in config.items() if k not in _RUN_SPECIFIC}, sort_keys=True)
+            if key not in wrapped:
+                wrapped[key] = load_adapter(copy.deepcopy(base), directory)
+            else:
+                tensors = load_tensors(directory / "adapter_model.safetensors")
+                result = set_peft_model_state_dict(wrapped[key], tensors)
+                if getattr(result, "unexpected_keys", None):
+                    raise ValueError(f"unexpected tensors {result.unexpected_keys[:3]}")
+            collection.records.append(record_from_model(wrapped[key], str(directory), label))
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            collection.failures[str(directory)] = f"{type(exc).__name__}: {exc}"
+    return collection
+
+
+# ------------------------------------------------------------------------------------------------ analysis
+
+
+def cosine_similarity(X: np.ndarray) -> np.ndarray:
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True).clip(min=1e-12)
+    return unit @ unit.T
+
+
+def retrieve(X: np.ndarray, query: int | np.ndarray, k: int = 5) -> list[int]:
+    """Indices of the k nearest adapters by cosine similarity (the query itself excluded when it is an index)."""
+    vector = X[query] if isinstance(query, (int, np.integer)) else np.asarray(query)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True).clip(min=1e-12)
+    scores = unit @ (vector / max(np.linalg.norm(vector), 1e-12))
+    if isinstance(query, (int, np.integer)):
+        scores[query] = -np.inf
+    return [int(i) for i in np.argsort(-scores, kind="stable")[:k]]
+
+
+def precision_at_k(X: np.ndarray, labels: Sequence[str], k: int = 5) -> float:
+    """Mean share of each adapter's k nearest neighbours that carry its label."""
+    labels = np.asarray(labels)
+    hits = [np.mean(labels[retrieve(X, i, k)] == labels[i]) for i in range(len(labels))]
+    return float(np.mean(hits))
+
+
+def cluster(X: np.ndarray, k: int, method: str = "kmeans", seed: int = 0) -> np.ndarray:
+    """Cluster ids from k-means or average-linkage agglomerative clustering on cosine distance."""
+    from sklearn.cluster import AgglomerativeClustering, KMeans
+
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True).clip(min=1e-12)
+    if method == "kmeans":
+        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(unit)
+    if method == "agglomerative":
+        return AgglomerativeClustering(n_clusters=k, metric="cosine", linkage="average").fit_predict(unit)
+    raise ValueError(f"unknown clustering method {method!r}; use 'kmeans' or 'agglomerative'")
+
+
+def clustering_scores(X: np.ndarray, labels: Sequence[str], method: str = "kmeans", k: int = 5) -> dict[str, float]:
+    """ARI and NMI of a clustering with as many clusters as labels, plus retrieval precision@k."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    predicted = cluster(X, len(set(labels)), method)
+    return {
+        "ari": float(adjusted_rand_score(labels, predicted)),
+        "nmi": float(normalized_mutual_info_score(labels, predicted)),
+        f"p@{k}": precision_at_k(X, labels, k),
+    }
+
+
+def plot_map(X: np.ndarray, labels: Sequence[str | None], path: str | Path, title: str = "") -> Path:
+    """2-D PCA map of the descriptors, coloured by label, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    centred = X - X.mean(axis=0, keepdims=True)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    xy = u[:, :2] * s[:2] if len(s) >= 2 else np.c_[u[:, 0] * s[0], np.zeros(len(X))]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    names = [str(label) for label in labels]
+    for label in sorted(set(names)):
+        mask = np.array([n == label for n in names])
+        ax.scatter(xy[mask, 0], xy[mask, 1], label=label, s=30)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ command line
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", help="folder holding adapter directories (each with adapter_config.json)")
+    parser.add_argument("--base", required=True, help="local transformers/diffusers model directory of the base")
+    parser.add_argument("--descriptor", choices=sorted(DESCRIPTORS), default="delta")
+    parser.add_argument("--kinds", default=None, help="comma-separated module kinds, e.g. 'attn' or 'ff'")
+    parser.add_argument("--clusters", type=int, default=None, help="k for k-means (default: number of labels)")
+    parser.add_argument("--neighbours", type=int, default=5)
+    parser.add_argument("--map", default=None, help="PNG path for the 2-D map")
+    return parser.parse_args(argv)
+
+
+def load_base(path: str) -> nn.Module:
+    """A base model from a local directory: diffusers UNet if it has a `unet/` or UNet config, else transformers."""
+    root = Path(path)
+    if not root.is_dir():
+        raise SystemExit(f"--base {path} is not a directory")
+    config = json.loads((root / "config.json").read_text()) if (root / "config.json").is_file() else {}
+    if (root / "unet").is_dir() or config.get("_class_name") == "UNet2DConditionModel":
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel.from_pretrained(path, subfolder="unet" if (root / "unet").is_dir() else None)
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path)
+
+
+def main(args: argparse.Namespace) -> dict[str, object]:
+    base = load_base(args.base).eval()
+    collection = index_collection(args.root, base)
+    for path, reason in collection.failures.items():
+        print(f"skipped {path}: {reason}")
+    if not collection.records:
+        raise SystemExit(f"no readable adapter under {args.root}")
+    kinds = args.kinds.split(",") if args.kinds else None
+    X = DESCRIPTORS[args.descriptor](collection.records, base, module_kinds=kinds)
+    result: dict[str, object] = {"adapters": len(collection.records), "skipped": len(collection.failures)}
+    labels = collection.labels
+    if all(label is not None for label in labels):
+        result.update(clustering_scores(X, labels, k=args.neighbours))
+    k = args.clusters or len(set(labels))
+    result["clusters"] = cluster(X, k).tolist() if len(X) >= k > 1 else []
+    if args.map:
+        result["map"] = str(plot_map(X, labels, args.map, title=f"{args.descriptor} descriptor"))
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main(parse_args())
