@@ -18,10 +18,10 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from peft_inits.diffusion import tiny as diffusion_tiny
+from peft_inits.diffusion.tiny import SD_DOWN_BLOCKS, SD_UP_BLOCKS
+
 SEED = 0
-# The standard SD-1.5 UNet block layout.
-SD_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
-SD_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 
 
 def tiny_roberta(num_labels: int = 2) -> RobertaForSequenceClassification:
@@ -73,22 +73,10 @@ def tiny_llama() -> LlamaForCausalLM:
 def tiny_unet() -> UNet2DConditionModel:
     """SD-shaped UNet (4 down levels, cross-attention mid block, 4 up levels) with 8/16 channels, 8×8 latents.
 
-    Inputs: sample (B, 4, 8, 8), a timestep, encoder_hidden_states (B, T, 16).
+    Inputs: sample (B, 4, 8, 8), a timestep, encoder_hidden_states (B, T, 16). The SD runner's embedded default uses
+    the same builder.
     """
-    torch.manual_seed(SEED)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=SD_DOWN_BLOCKS,
-        up_block_types=SD_UP_BLOCKS,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=4,
-        cross_attention_dim=16,
-        attention_head_dim=2,
-    )
-    return unet.eval()
+    return diffusion_tiny.tiny_unet(SEED)
 
 
 def sd15_unet_meta() -> UNet2DConditionModel:

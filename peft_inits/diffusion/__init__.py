@@ -1,0 +1,1 @@
+"""Stable Diffusion pieces of the SD runner: pipelines, image data, sampling, composition."""
