@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from . import functional as Fn
 from .adapters import AdapterSpec, AdapterWeights, build_adapter
+from .kernels import adapter_delta
 
 
 def check_supported(module: nn.Module, name: str = "module") -> None:
@@ -66,8 +67,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         adapter = self.pi_adapters[adapter_name]
         down, gain, up = adapter.factors()
         x = x.to(down.dtype)
-        if not self.is_conv:
-            return Fn.linear_delta(x, down, gain, up, adapter.scale)
+        if not self.is_conv:  # fused down→gain→up (Triton on CUDA, torch elsewhere); same maths as Fn.linear_delta
+            return adapter_delta(x, down, gain, up, adapter.scale)
         conv = self.get_base_layer()
         return Fn.conv2d_delta(
             x,
