@@ -98,5 +98,6 @@ class FusedAdapterDelta(torch.autograd.Function):
             ddown, dup = ctx.ops.factor_grads(grad_out, x, h, dh, gain_scale, need_ddown=need_ddown, need_dup=need_dup)
         dgain = None
         if need_dgain:
-            dgain = (dgain_sum * ctx.scale).to(ctx.gain_dtype)
+            dgain = dgain_sum if ctx.scale == 1.0 else dgain_sum * ctx.scale
+            dgain = dgain if dgain.dtype == ctx.gain_dtype else dgain.to(ctx.gain_dtype)
         return dx, ddown, dgain, dup, None, None

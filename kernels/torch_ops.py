@@ -9,6 +9,10 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def _as(t: Tensor, like: Tensor) -> Tensor:
+    return t if t.dtype == like.dtype else t.to(like.dtype)
+
+
 class TorchOps:
     """torch matmuls for the three pieces of `autograd.DeltaOps`."""
 
@@ -16,7 +20,7 @@ class TorchOps:
 
     def forward(self, x: Tensor, down: Tensor, gain_scale: Tensor | None, up: Tensor) -> tuple[Tensor, Tensor]:
         h = x @ down.T
-        scaled = h if gain_scale is None else h * gain_scale.to(h.dtype)
+        scaled = h if gain_scale is None else h * _as(gain_scale, h)
         return scaled @ up.T, h
 
     def backward_input(
@@ -34,10 +38,10 @@ class TorchOps:
         if not (need_dx or need_dgain or need_dh):
             return None, None, None
         grad_scaled = grad_out @ up  # ∂L/∂(h ⊙ gain_scale), T × r
-        dgain_sum = (grad_scaled.float() * h.float()).sum(0) if need_dgain else None
+        dgain_sum = (grad_scaled.float() * h.float()).sum(0) if need_dgain else None  # no-op casts in fp32
         if not (need_dx or need_dh):
             return None, dgain_sum, None
-        dh = grad_scaled if gain_scale is None else grad_scaled * gain_scale.to(grad_scaled.dtype)
+        dh = grad_scaled if gain_scale is None else grad_scaled * _as(gain_scale, grad_scaled)
         dx = dh @ down if need_dx else None
         return dx, dgain_sum, dh if need_dh else None
 
@@ -58,6 +62,6 @@ class TorchOps:
                 raise RuntimeError("dR needs x and dh; the forward did not keep them")
             ddown = dh.T @ x
         if need_dup:
-            scaled = h if gain_scale is None else h * gain_scale.to(h.dtype)
+            scaled = h if gain_scale is None else h * _as(gain_scale, h)
             dup = grad_out.T @ scaled
         return ddown, dup
