@@ -253,3 +253,21 @@ def interleaved_minima(steps: dict[str, Callable[[], None]], budget_s: float, mi
             best[name] = min(best[name], time.perf_counter() - t0)
         rounds += 1
     return best
+
+
+def roberta_base() -> nn.Module:
+    """A RoBERTa-base-sized classifier (125M parameters) with random weights, built from its config."""
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        num_labels=2,
+    )
+    return RobertaForSequenceClassification(config)

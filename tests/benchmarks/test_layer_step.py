@@ -101,7 +101,7 @@ def test_layer_step(benchmark, layer_case, device):
     saved = None
     if mode == "train":
         saved = saved_activation_bytes(steps[variant], [x, *module.parameters(), *module.buffers()])
-    paired = interleaved_minima(steps, budget_s=1.0)
+    paired = interleaved_minima(steps, budget_s=1.0, min_rounds=3)
     dt = str(dtype).removeprefix("torch.")
     benchmark.group = f"layer | {shape.label} | r={r} | {mode} | {dt}"
     benchmark.extra_info.update(
@@ -118,4 +118,6 @@ def test_layer_step(benchmark, layer_case, device):
         trainable=sum(p.numel() for p in module.parameters() if p.requires_grad),
         paired_min_s=paired,
     )
-    benchmark(steps[variant])
+    # its own statistics too: as many rounds as fit in about a second (at least 3)
+    rounds = max(3, min(100, int(1.0 / max(paired[variant], 1e-6))))
+    benchmark.pedantic(steps[variant], rounds=rounds, iterations=1, warmup_rounds=0)

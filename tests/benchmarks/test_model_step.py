@@ -20,6 +20,7 @@ from bench_utils import (
     OnPath,
     interleaved_minima,
     peak_step_memory,
+    roberta_base,
     saved_activation_bytes,
     synchronize,
 )
@@ -27,7 +28,6 @@ from conftest import bench_device, bench_set
 from peft import LoraConfig, get_peft_model
 from tiny_models import tiny_unet
 from torch import nn
-from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, SVFitConfig
 
@@ -76,24 +76,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("model_case", cases, ids=[f"{m}-{v.name}" for m, v in cases])
 
 
-def _roberta_base() -> nn.Module:
-    torch.manual_seed(0)
-    config = RobertaConfig(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        num_labels=2,
-    )
-    return RobertaForSequenceClassification(config)
-
-
 @functools.lru_cache(maxsize=1)
 def _base(model: str, device: str) -> nn.Module:
-    base = _roberta_base() if model == "roberta-base" else tiny_unet()
+    base = roberta_base() if model == "roberta-base" else tiny_unet()
     return base.to(device).train().requires_grad_(False)
 
 
@@ -185,6 +170,8 @@ def test_model_train_step(benchmark, model_case, request):
         kind="model",
         model=model,
         variant=variant.name,
+        targets=variant.targets,
+        path=variant.path,
         tokens=int(inputs["inputs_embeds"].shape[0] * inputs["inputs_embeds"].shape[1])
         if model == "roberta-base"
         else int(inputs["sample"].shape[0]),
