@@ -44,10 +44,10 @@ def load_image_folder(path: str | Path, resolution: int | None = None) -> list:
             f"images in {folder} have mixed sizes {sizes[:4]}{'…' if len(sizes) > 4 else ''}; "
             "pass a resolution (--resolution N) to resize and crop them"
         )
-    return [_resize_short_side(image, resolution) for image in images] if resolution else images
+    return [resize_short_side(image, resolution) for image in images] if resolution else images
 
 
-def _resize_short_side(image, size: int):
+def resize_short_side(image, size: int):
     from PIL import Image
 
     scale = size / min(image.size)
@@ -69,7 +69,7 @@ def embedded_images(kind: str, resolution: int = 64) -> list:
         if array.ndim == 2:
             array = np.stack([array] * 3, axis=-1)
         # Big photos are shrunk first so random crops still show the whole subject at the tiny resolution.
-        images.append(_resize_short_side(Image.fromarray(array), 2 * resolution if kind == "style" else resolution))
+        images.append(resize_short_side(Image.fromarray(array), 2 * resolution if kind == "style" else resolution))
     return images
 
 

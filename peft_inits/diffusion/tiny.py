@@ -104,7 +104,12 @@ def tiny_pipeline(seed: int = 0):
 
     tokenizer = byte_level_tokenizer()
     scheduler = DDPMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, clip_sample=False
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
     )
     return StableDiffusionPipeline(
         vae=tiny_vae(seed),
