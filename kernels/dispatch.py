@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import importlib.util
 from collections.abc import Iterator
 from types import ModuleType
@@ -35,8 +36,9 @@ _default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("peft_ini
 _TORCH_OPS = TorchOps()
 
 
+@functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
-    """Whether the `triton` package can be imported (without importing it)."""
+    """Whether the `triton` package can be imported (without importing it; looked up once per process)."""
     return importlib.util.find_spec("triton") is not None
 
 
