@@ -39,7 +39,10 @@ _TORCH_OPS = TorchOps()
 @functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
     """Whether the `triton` package can be imported (without importing it; looked up once per process)."""
-    return importlib.util.find_spec("triton") is not None
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # e.g. a blocked `sys.modules["triton"] = None`
+        return False
 
 
 def triton_module() -> ModuleType:
