@@ -1,0 +1,155 @@
+"""Command-line options shared by every runner, and config-file defaults (`--config run.toml`; flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from ..functional import LOLDU_Z_INITS
+from .configfile import read_config_file
+from .settings import ALL_METHODS, AdapterSettings, TrainSettings, check_method, parse_rank
+
+
+def csv_list(text: str) -> list[str]:
+    """'q,v' → ['q', 'v']."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def blocks_arg(text: str) -> list[str] | dict[str, Any]:
+    """'0-2,5' → ['0-2', '5']; a JSON object gives per-block ranks, e.g. '{"0-2": 8, "5": 0}'."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise argparse.ArgumentTypeError(f"--blocks is not valid JSON: {exc}") from exc
+        return dict(value)
+    return csv_list(text)
+
+
+def _rank_arg(text: str) -> int | str:
+    try:
+        return parse_rank(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _method_arg(text: str) -> str:
+    try:
+        return check_method(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def methods_list(text: str) -> list[str]:
+    """'lora,svfit' → ['lora', 'svfit'], each checked."""
+    return [_method_arg(item) for item in csv_list(text)]
+
+
+def add_adapter_args(parser: argparse.ArgumentParser, *, single_method: bool = True) -> None:
+    group = parser.add_argument_group("adapter")
+    if single_method:
+        group.add_argument("--method", type=_method_arg, default="lora", help=f"one of {', '.join(ALL_METHODS)}")
+        group.add_argument("--r", type=_rank_arg, default=None, help="rank (int) or 'full'; default per method")
+        group.add_argument("--alpha", type=float, default=None, help="scale numerator, scale = alpha / r")
+    group.add_argument("--target-modules", type=csv_list, default=None, help="module-name suffixes (PEFT semantics)")
+    group.add_argument("--module-kinds", type=csv_list, default=None, help="e.g. q,v (default) or attn,ff")
+    group.add_argument("--blocks", type=blocks_arg, default=None, help="e.g. 0-2,5 or JSON {'0-2': 8, '5': 0}")
+    group.add_argument("--exclude-modules", type=csv_list, default=None)
+    group.add_argument("--head-modules", type=csv_list, default=None, help="trained head (default: detected)")
+    group.add_argument("--init-seed", type=int, default=0, help="seed of random inits (LoRA A, random z)")
+    group.add_argument("--z-init", choices=LOLDU_Z_INITS, default="lu", help="LoLDU z initialisation")
+    group.add_argument("--train-sigma", action=argparse.BooleanOptionalAction, default=False, help="LoLDU: train σ")
+    group.add_argument("--energy-threshold", type=float, default=None, help="SVFit: rank by kept energy, e.g. 0.99")
+    group.add_argument("--svd", choices=("exact", "randomized"), default="exact", help="SVFit decomposition")
+
+
+def add_train_args(parser: argparse.ArgumentParser, defaults: TrainSettings | None = None) -> None:
+    d = defaults or TrainSettings()
+    group = parser.add_argument_group("training")
+    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
+    group.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
+    group.add_argument("--lr", type=float, default=d.lr, help="adapter (body, for full) learning rate")
+    group.add_argument("--head-lr", type=float, default=d.head_lr, help="classification head learning rate")
+    group.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices only")
+    group.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps (<1) or steps (>=1)")
+    group.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
+    group.add_argument("--eval-every", type=int, default=d.eval_every)
+    group.add_argument("--eval-at-start", action=argparse.BooleanOptionalAction, default=d.eval_at_start)
+    group.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
+    group.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period (0: none)")
+    group.add_argument("--seed", type=int, default=d.seed)
+    group.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision)
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("run")
+    group.add_argument("--config", default=None, help="TOML/YAML file of option defaults (flags win)")
+    group.add_argument("--output-dir", default=None, help="run directory (default: runs/<runner>-<method>-<time>)")
+    group.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    group.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    group.add_argument("--cache-dir", default=None, help="dataset splits and pretrained checkpoints cache")
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bars")
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse `argv`, taking defaults from `--config FILE` when given; unknown keys in the file are an error."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        try:
+            values = read_config_file(known.config)
+        except (FileNotFoundError, ValueError) as exc:
+            parser.error(str(exc))
+        dests = {action.dest for action in parser._actions} - {"help", "config"}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            parser.error(f"unknown option(s) {unknown} in {known.config}; valid: {', '.join(sorted(dests))}")
+        parser.set_defaults(**values)
+    return parser.parse_args(argv)
+
+
+def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettings:
+    """AdapterSettings from parsed options (`override` wins)."""
+    fields = {
+        "method": getattr(args, "method", "lora"),
+        "r": getattr(args, "r", None),
+        "alpha": getattr(args, "alpha", None),
+        "target_modules": args.target_modules,
+        "module_kinds": args.module_kinds,
+        "blocks": args.blocks,
+        "exclude_modules": args.exclude_modules,
+        "head_modules": args.head_modules,
+        "init_seed": args.init_seed,
+        "z_init": args.z_init,
+        "train_sigma": args.train_sigma,
+        "energy_threshold": args.energy_threshold,
+        "svd": args.svd,
+    }
+    fields.update(override)
+    return AdapterSettings(**fields)
+
+
+def train_settings(args: argparse.Namespace, **override: Any) -> TrainSettings:
+    """TrainSettings from parsed options (`override` wins)."""
+    fields = {
+        "steps": args.steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "head_lr": args.head_lr,
+        "weight_decay": args.weight_decay,
+        "warmup": args.warmup,
+        "max_grad_norm": args.max_grad_norm,
+        "eval_every": args.eval_every,
+        "eval_at_start": args.eval_at_start,
+        "eval_batch_size": args.eval_batch_size,
+        "save_every": args.save_every,
+        "seed": args.seed,
+        "mixed_precision": args.mixed_precision,
+        "progress": args.progress,
+    }
+    fields.update(override)
+    return TrainSettings(**fields)

@@ -1,0 +1,113 @@
+"""The rows of a comparison: methods, per-method overrides (`loldu.z_init=uniform`) and sweeps (`loldu.r=1,8,full`).
+
+Syntax: `[METHOD.]KEY=VALUE` for an override and `[METHOD.]KEY=V1,V2,...` for a sweep; without `METHOD.` it applies
+to every adapter method of the comparison (not to `full`/`head`). KEY is an `AdapterSettings` field or `lr`.
+Inside one value, `+` joins list items: `--sweep loldu.blocks=0-1,2-3,0-1+4-5` gives three rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .settings import ADAPTER_METHODS, AdapterSettings, check_method, parse_rank
+
+_LIST_KEYS = {"target_modules", "module_kinds", "blocks", "exclude_modules", "head_modules"}
+_FLOAT_KEYS = {"alpha", "energy_threshold", "lr"}
+_INT_KEYS = {"init_seed"}
+_BOOL_KEYS = {"train_sigma"}
+_VALID_KEYS = sorted({f.name for f in dataclasses.fields(AdapterSettings)} - {"method"} | {"lr"})
+
+
+@dataclass
+class Variant:
+    """One row of a comparison."""
+
+    label: str
+    adapter: AdapterSettings
+    lr: float | None = None  # None: the method default
+    swept: bool = False
+
+    @property
+    def slug(self) -> str:
+        return self.label.replace(" ", "_").replace("=", "").replace("+", "-").replace(",", "-")
+
+
+def _convert(key: str, text: str) -> Any:
+    text = text.strip()
+    if key == "r":
+        return parse_rank(text)
+    if key in _LIST_KEYS:
+        return [item for item in text.split("+") if item]
+    if key in _FLOAT_KEYS:
+        return float(text)
+    if key in _INT_KEYS:
+        return int(text)
+    if key in _BOOL_KEYS:
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ValueError(f"{key} takes true or false, got {text!r}")
+        return text.lower() in ("true", "1", "yes")
+    return text
+
+
+def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[list[str], str, list[Any]]:
+    """'loldu.r=1,8' → (['loldu'], 'r', [1, 8]). Unscoped keys target every adapter method in `methods`."""
+    if "=" not in text:
+        raise ValueError(f"expected [METHOD.]KEY=VALUE, got {text!r}")
+    left, right = text.split("=", 1)
+    scope, _, key = left.strip().rpartition(".")
+    key = key.replace("-", "_")
+    if key not in _VALID_KEYS:
+        raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(_VALID_KEYS)}")
+    if scope:
+        check_method(scope)
+        if scope not in methods:
+            raise ValueError(f"{text!r} names method {scope!r}, which is not among the compared ones {list(methods)}")
+        targets = [scope]
+    else:
+        targets = [m for m in methods if m in ADAPTER_METHODS]
+    values = [_convert(key, v) for v in (right.split(",") if many else [right])]
+    if not values:
+        raise ValueError(f"no value in {text!r}")
+    return targets, key, values
+
+
+def _show(value: Any) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def build_variants(
+    methods: Sequence[str],
+    base: AdapterSettings,
+    overrides: Sequence[str] = (),
+    sweeps: Sequence[str] = (),
+) -> list[Variant]:
+    """Expand methods × sweeps into rows; every method keeps its defaults unless overridden."""
+    for method in methods:
+        check_method(method)
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"a method is listed twice in {list(methods)}")
+    fixed: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    for text in overrides:
+        targets, key, values = parse_assignment(text, methods, many=False)
+        for method in targets:
+            fixed[method][key] = values[0]
+    swept: dict[str, list[tuple[str, list[Any]]]] = {m: [] for m in methods}
+    for text in sweeps:
+        targets, key, values = parse_assignment(text, methods, many=True)
+        for method in targets:
+            swept[method].append((key, values))
+    rows = []
+    for method in methods:
+        axes = swept[method]
+        combos = itertools.product(*[[(key, v) for v in values] for key, values in axes]) if axes else [()]
+        for combo in combos:
+            settings = {**fixed[method], **dict(combo)}
+            lr = settings.pop("lr", None)
+            adapter = dataclasses.replace(base, method=method, **settings)
+            label = method + "".join(f" {key}={_show(value)}" for key, value in combo)
+            rows.append(Variant(label, adapter, lr, swept=bool(combo)))
+    return rows

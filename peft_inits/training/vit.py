@@ -1,0 +1,142 @@
+"""ViT runner: image classification with transformers ViTs or timm models; adapters on query+value by default
+(timm's fused `qkv` is one matrix and gets one adapter).
+
+Embedded default — an honest protocol, since no pretrained ViT exists offline: a tiny ViT (4 layers, width 64,
+8×8 inputs, 2×2 patches) is pretrained on scikit-learn digits 0–4 with the shared loop (cached), then each method
+adapts it to the unseen digits 5–9 with a fresh head. It shows whether a method can re-purpose pretrained
+features; it is no substitute for ViT-B/16 on real images. Bring your own: `--model /path/to/vit-base --data
+/path/to/imagefolder`, or `--model timm:vit_base_patch16_224 --checkpoint W.safetensors`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .classification import classification_task
+from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
+from .cli import train_settings as make_train_settings
+from .data import digits
+from .data.images import ImageCorpus
+from .data.local_images import load_image_folder
+from .encoder import default_output_dir, format_summary
+from .runner import execute
+from .settings import TrainSettings
+from .vit_models import VisionModel, digits_model, timm_model, transformers_model
+
+DEFAULTS = TrainSettings(steps=300, batch_size=32, eval_every=25)
+
+
+def _size(text: str) -> int | None:
+    return None if text.lower() in ("all", "none", "0") else int(text)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.split(","))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    group = parser.add_argument_group("data and model")
+    group.add_argument("--model", default=None, help="local transformers checkpoint, or timm:<name>; default digits")
+    group.add_argument("--checkpoint", default=None, help="timm weights file (.safetensors/.pth) for timm:<name>")
+    group.add_argument("--data", default="digits", help="'digits' (default protocol) or an image folder")
+    group.add_argument("--num-labels", type=int, default=None, help="expected class count (checked against data)")
+    group.add_argument("--reset-head", action="store_true", help="replace a checkpoint's head of another size")
+    group.add_argument("--image-mean", type=_floats, default=None, help="override normalisation mean, e.g. 0.5,0.5,0.5")
+    group.add_argument("--image-std", type=_floats, default=None)
+    group.add_argument("--train-size", type=_size, default=None, help="stratified subsample of train (default all)")
+    group.add_argument("--eval-size", type=_size, default=None)
+    group.add_argument("--test-size", type=_size, default=None)
+    add_adapter_args(parser)
+    add_train_args(parser, DEFAULTS)
+    add_run_args(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    return parse_with_config(build_parser(), argv)
+
+
+def _folder_classes(args: argparse.Namespace) -> int:
+    """Class count of an image folder, known before the model is built (one sub-folder per class)."""
+    root = Path(args.data)
+    if not root.exists():
+        raise FileNotFoundError(f"data path {root} does not exist")
+    train = root / "train" if (root / "train").is_dir() else root
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not classes or (root / "dataset_dict.json").is_file():
+        if args.num_labels is None:
+            raise ValueError(f"{train} has no class sub-folders; pass --num-labels for a save_to_disk dataset")
+        return args.num_labels  # checked against the dataset's labels once it is read
+    if args.num_labels is not None and args.num_labels != len(classes):
+        raise ValueError(
+            f"label-count mismatch: --num-labels {args.num_labels} but {root} has {len(classes)} classes "
+            f"({', '.join(classes)})"
+        )
+    return len(classes)
+
+
+def load_model_and_data(args: argparse.Namespace) -> tuple[VisionModel, ImageCorpus]:
+    """The model (fresh head for the data's classes) and the preprocessed, subsampled splits."""
+    if args.data == "digits":
+        corpus = digits.adapt_corpus()
+        if args.num_labels is not None and args.num_labels != corpus.num_labels:
+            raise ValueError(
+                f"label-count mismatch: --num-labels {args.num_labels} but the digits protocol adapts to "
+                f"{corpus.num_labels} classes (5-9)"
+            )
+        num_labels = corpus.num_labels
+    else:
+        corpus, num_labels = None, _folder_classes(args)
+    if args.model is None:
+        if args.data != "digits":
+            raise ValueError("the tiny digits ViT expects 8×8 digits; pass --model for your own images")
+        model = digits_model(num_labels, args.cache_dir, args.progress)
+    elif args.model.startswith("timm:"):
+        model = timm_model(args.model, num_labels, args.checkpoint)
+    else:
+        model = transformers_model(args.model, num_labels, args.reset_head)
+    if corpus is None:
+        corpus = load_image_folder(
+            args.data,
+            size=model.image_size,
+            channels=model.channels,
+            mean=args.image_mean or model.mean,
+            std=args.image_std or model.std,
+            num_labels=num_labels,
+            cache=args.cache_dir,
+        )
+    sizes = {"train": args.train_size, "validation": args.eval_size, "test": args.test_size}
+    return model, corpus.subsample(sizes, seed=0)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Adapt one method; print and return its summary."""
+    adapter = adapter_settings(args)
+    train = make_train_settings(args)
+    model, corpus = load_model_and_data(args)
+    task = classification_task(corpus.splits, model.forward, corpus.metrics, eval_batch_size=args.eval_batch_size)
+    output = Path(args.output_dir) if args.output_dir else default_output_dir("vit", adapter.label())
+    config = {
+        "runner": "vit",
+        "model": args.model or "digits-tiny-vit",
+        "data": args.data,
+        "sizes": {name: len(split) for name, split in corpus.splits.items()},
+    }
+    summary = execute(
+        output_dir=output,
+        build_model=model.build,
+        adapter=adapter,
+        train_settings=train,
+        task=task,
+        config=config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        info={"model": model.description, "data": corpus.notes},
+    )
+    print(model.description)
+    print(format_summary(summary, output))
+    return summary
