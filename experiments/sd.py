@@ -1,0 +1,13 @@
+"""SD runner: block-wise personalisation and style training, sampling, composition and LoRA export.
+
+    python experiments/sd.py train --data subject --method loldu --blocks upper    # tiny embedded pipeline, CPU
+    python experiments/sd.py compose --identity ID_DIR --style STYLE_DIR --prompts "a photo of sks cat"
+
+All options: `python experiments/sd.py {train,sample,compose,export} --help`. The machinery lives in
+`peft_inits.diffusion`.
+"""
+
+from peft_inits.diffusion.runner import main, parse_args
+
+if __name__ == "__main__":
+    main(parse_args())
