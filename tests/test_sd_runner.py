@@ -178,3 +178,33 @@ def test_image_folder_errors(tmp_path):
         runner.load_image_folder(tmp_path / "empty")
     summary = _train(tmp_path / "ok", *args, "--resolution", "64", "--steps", "2")
     assert summary["steps"] == 2
+
+
+def test_local_diffusers_checkpoint_trains_and_samples(tmp_path):
+    from peft_inits.diffusion.tiny import tiny_pipeline
+
+    model = tmp_path / "tiny-sd"
+    tiny_pipeline().save_pretrained(model)
+    summary = _train(tmp_path / "run", "--model", str(model), "--method", "svfit", "--steps", "2")
+    assert summary["steps"] == 2
+    grid = runner.main(
+        runner.parse_args(
+            [
+                "sample",
+                "--model",
+                str(model),
+                "--adapter",
+                str(tmp_path / "run" / "weights"),
+                "--prompts",
+                "a,b",
+                "--seeds",
+                "0,1,2",
+                "--sample-steps",
+                "2",
+                "--output",
+                str(tmp_path / "grid.png"),
+            ]
+        )
+    )
+    with Image.open(grid) as image:
+        assert image.height == 2 * 64 and image.width >= 3 * 64
