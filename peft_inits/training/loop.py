@@ -120,6 +120,8 @@ def train(
         _evaluate(task, model, accelerator, run, 0, "validation")
 
     device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(
         total=settings.steps,
         initial=start,

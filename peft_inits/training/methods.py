@@ -6,6 +6,7 @@ Methods: `lora`, `svfit`, `loldu` (our PEFT configs; the classification head tra
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -112,7 +113,9 @@ def prepare(model: nn.Module, settings: AdapterSettings) -> Prepared:
     head = head_module_names(model, settings.head_modules)
     if settings.method in ADAPTER_METHODS:
         config, targets = _peft_config(settings, model, head)
-        wrapped = get_peft_model(model, config)
+        with warnings.catch_warnings():  # transformers 5 deprecation noise from inside PEFT
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            wrapped = get_peft_model(model, config)
         adapter, head_params = [], []
         for name, param in wrapped.named_parameters():
             if param.requires_grad:
