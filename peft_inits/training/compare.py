@@ -181,7 +181,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
         out / "convergence.png",
         metric=env.task.metric,
-        title=f"{Path(env.model_path).name} on {env.corpus.name}: {train.steps} steps of {train.batch_size}",
+        title=f"{env.model_name} on {env.corpus.name}: {train.steps} steps of {train.batch_size}",
         reference=threshold,
     )
     wall = time.perf_counter() - started

@@ -128,6 +128,7 @@ class EncoderSetup:
     """Everything a run needs except the method: shared by all methods of a comparison."""
 
     model_path: str
+    model_name: str
     corpus: TextCorpus
     task: Task
     build_model: Callable[[], nn.Module]
@@ -158,7 +159,8 @@ def setup(args: argparse.Namespace) -> EncoderSetup:
         "max_length": args.max_length,
         "sizes": {name: len(split) for name, split in corpus.splits.items()},
     }
-    return EncoderSetup(path, corpus, task, model_builder(path, corpus, args.reset_head), config)
+    name = "all-MiniLM-L6-v2" if args.model is None else Path(path).name
+    return EncoderSetup(path, name, corpus, task, model_builder(path, corpus, args.reset_head), config)
 
 
 def default_output_dir(runner: str, label: str) -> Path:
