@@ -7,7 +7,8 @@
 All options: --help. The machinery lives in `peft_inits.training.compare`.
 """
 
+from peft_inits.training.cli import run_script
 from peft_inits.training.compare import main, parse_args
 
 if __name__ == "__main__":
-    main(parse_args())
+    run_script(main, parse_args)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from peft_inits.training import rng, state
+from peft_inits.training import encoder, rng, state
+from peft_inits.training.cli import run_script
 from peft_inits.training.data.local_text import load_local
 from peft_inits.training.data.splits import stratified_split, stratified_subsample
 from peft_inits.training.metrics import classification_metrics, regression_metrics
@@ -131,3 +132,12 @@ def test_glue_layout_folder_with_unlabelled_test(tmp_path, cache):
         load_local(tmp_path / "nothing", cache=cache)
     with pytest.raises(ValueError, match="unknown task 'sst3'"):
         load_local(tmp_path / "glue", task="sst3", cache=cache)
+
+
+def test_scripts_end_bad_input_with_the_message_not_a_traceback(tmp_path, monkeypatch):
+    argv = ["--data", str(tmp_path / "missing.csv"), "--output-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"^error: data path .*missing\.csv does not exist"):
+        run_script(encoder.main, encoder.parse_args, argv)
+    monkeypatch.setenv("PEFT_INITS_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError):
+        run_script(encoder.main, encoder.parse_args, argv)

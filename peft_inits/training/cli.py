@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..functional import LOLDU_Z_INITS
@@ -153,3 +154,19 @@ def train_settings(args: argparse.Namespace, **override: Any) -> TrainSettings:
     }
     fields.update(override)
     return TrainSettings(**fields)
+
+
+def run_script(
+    main: Callable[[argparse.Namespace], Any],
+    parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
+    argv: Sequence[str] | None = None,
+) -> None:
+    """Entry point of the `experiments/` scripts: bad input (ValueError, FileNotFoundError) ends the program with its
+    message instead of a traceback; set PEFT_INITS_TRACEBACK=1 to see the traceback."""
+    args = parse_args(argv)
+    try:
+        main(args)
+    except (ValueError, FileNotFoundError) as exc:
+        if os.environ.get("PEFT_INITS_TRACEBACK"):
+            raise
+        raise SystemExit(f"error: {exc}") from exc
