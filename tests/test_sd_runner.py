@@ -58,6 +58,7 @@ def test_train_writes_a_complete_run(trained):
         "weights/adapter_model.safetensors",
     ):
         assert (run / name).is_file(), name
+    assert (run / "samples" / "step-000002.png").is_file(), "a grid per checkpoint"
     summary = json.loads((run / "summary.json").read_text())
     assert summary == json.loads(json.dumps(identity, default=str))
     assert summary["method"] == "svfit" and summary["steps"] == 4

@@ -198,6 +198,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         prior_weight=args.prior_weight,
         validation=CropDataset(images, resolution, length=64, seed=args.seed + 99),
     )
+    prompts = args.prompts or [prompt]
+
+    def sample_grid(model: torch.nn.Module, step: int, run_dir: Path) -> None:
+        rows = generate(pipe, prompts, args.seeds, steps=args.sample_steps, guidance=args.guidance)
+        save_grid(rows, run_dir / "samples" / f"step-{step:06d}.png", prompts)
+
+    task.on_checkpoint = sample_grid
     adapter = cli.adapter_settings(args, head_modules=[], r=args.r or SD_RANK)
     settings = cli.train_settings(args, lr=args.lr if args.lr is not None else SD_LEARNING_RATES[args.method])
     config = {
@@ -220,7 +227,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
     )
     started = time.perf_counter()
-    prompts = args.prompts or [prompt]
     rows = generate(pipe, prompts, args.seeds, steps=args.sample_steps, guidance=args.guidance)
     per_image = (time.perf_counter() - started) / (len(prompts) * len(args.seeds))
     grid = save_grid(rows, output_dir / "samples" / "final.png", prompts)

@@ -86,6 +86,18 @@ def _restore(checkpoint: state.TrainingState, prepared: Prepared, optimizer, sch
     rng.restore(checkpoint.rng_tensors, checkpoint.rng_metadata)
 
 
+def _run_hook(hook, model: torch.nn.Module, step: int, run: RunDir) -> None:
+    """Call a checkpoint hook (e.g. a sample grid) without letting it move any RNG: resume must stay exact."""
+    tensors, metadata = rng.capture()
+    was_training = model.training
+    model.eval()
+    try:
+        hook(model, step, run.path)
+    finally:
+        model.train(was_training)
+        rng.restore(tensors, metadata)
+
+
 def train(
     prepared: Prepared,
     task: Task,
@@ -176,6 +188,8 @@ def train(
                 is_main=accelerator.is_main_process,
                 barrier=accelerator.wait_for_everyone,
             )
+            if task.on_checkpoint is not None and accelerator.is_main_process:
+                _run_hook(task.on_checkpoint, accelerator.unwrap_model(model), done, run)
     bar.close()
     if task.has_test:
         _evaluate(task, model, accelerator, run, settings.steps, "test")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -20,6 +21,7 @@ class BatchData(Protocol):
 
 LossFn = Callable[[nn.Module, dict[str, Any]], Tensor]
 EvalFn = Callable[[nn.Module, str], dict[str, float]]
+CheckpointHook = Callable[[nn.Module, int, Path], None]
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Task:
     metric: str = "accuracy"
     greater_is_better: bool = True
     has_test: bool = False
+    on_checkpoint: CheckpointHook | None = None  # (model, step, run dir) after each checkpoint, main process only
 
     def better(self, value: float, best: float | None) -> bool:
         if best is None:
