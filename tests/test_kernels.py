@@ -15,6 +15,10 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from torch import nn
+
+from peft_inits import AdapterLayer, AdapterSpec
+from peft_inits import functional as Fn
 from peft_inits.kernels import (
     FusedAdapterDelta,
     TorchOps,
@@ -23,10 +27,6 @@ from peft_inits.kernels import (
     resolve_backend,
     use_backend,
 )
-from torch import nn
-
-from peft_inits import AdapterLayer, AdapterSpec
-from peft_inits import functional as Fn
 
 CUDA = torch.cuda.is_available()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
-from peft_inits.kernels import use_backend
 from torch import Tensor, nn
 
 from peft_inits import AdapterLayer, AdapterSpec
+from peft_inits.kernels import use_backend
 
 ADAPTER_METHODS = ("lora", "svfit", "loldu")
 LAYER_VARIANTS = (
