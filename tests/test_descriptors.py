@@ -140,3 +140,39 @@ def test_index_reports_a_corrupt_adapter_and_keeps_going(tmp_path):
     X = delta_descriptor(collection.records, _mlp())
     png = plot_map(X, collection.labels, tmp_path / "map.png")
     assert png.stat().st_size > 1000
+
+
+def test_collection_command_indexes_scores_and_maps(tmp_path, capsys):
+    from tiny_models import tiny_roberta
+    from transformers import AutoModel
+
+    from peft_inits.collection import main, parse_args
+
+    base_dir = tmp_path / "base"
+    tiny_roberta().save_pretrained(base_dir)
+    for i, style in enumerate(["a", "a", "b", "b"]):
+        model = get_peft_model(AutoModel.from_pretrained(base_dir), SVFitConfig(r=4))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "pi_adapters" in name:
+                    p.mul_(1.5 if style == "a" else 0.5).add_(0.01 * i)
+        path = save_adapter(model, tmp_path / "adapters" / f"run{i}")
+        (path / "meta.json").write_text(json.dumps({"label": style}))
+    result = main(
+        parse_args(
+            [
+                str(tmp_path / "adapters"),
+                "--base",
+                str(base_dir),
+                "--descriptor",
+                "gains",
+                "--neighbours",
+                "1",
+                "--map",
+                str(tmp_path / "map.png"),
+            ]
+        )
+    )
+    assert result["adapters"] == 4 and result["skipped"] == 0
+    assert result["ari"] == 1.0 and result["p@1"] == 1.0
+    assert (tmp_path / "map.png").is_file() and '"ari": 1.0' in capsys.readouterr().out

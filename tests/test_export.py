@@ -77,3 +77,16 @@ def test_export_without_adapter_or_with_dilated_conv_is_refused(tmp_path):
     dilated = get_peft_model(CASE_BY_NAME["conv"].build(), LoLDUConfig(r=2, target_modules=["conv2"]))
     with pytest.raises(ValueError, match="dilated convs have no standard LoRA form"):
         export_kohya(dilated, tmp_path / "x.safetensors")
+
+
+def test_kohya_file_loads_through_pipeline_load_lora_weights(tmp_path):
+    from peft_inits.diffusion.tiny import tiny_pipeline
+
+    case = CASE_BY_NAME["unet"]
+    model = get_peft_model(tiny_pipeline().unet, SVFitConfig(r=2, blocks=["upper"], module_kinds=["attn", "resnet"]))
+    _perturb(model)
+    adapted = case.run(model, torch.float32)
+    path = export_kohya(model, tmp_path / "lora.safetensors")
+    pipe = tiny_pipeline()
+    pipe.load_lora_weights(str(path))
+    assert _rel(case.run(pipe.unet, torch.float32), adapted) < 1e-5
