@@ -4,10 +4,13 @@ bad arguments with a clear message. Tiny BERT + keyword data for speed; one smok
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
-from runner_helpers import Crash, crash_at, load_script, write_sentiment_csv
+from runner_helpers import ROOT, Crash, crash_at, load_script, write_sentiment_csv
 
 from peft_inits.checkpoint import load_adapter
 from peft_inits.training import encoder
@@ -180,3 +183,20 @@ def test_real_default_smoke(cache, tmp_path):
     assert summary["adapter_params"] == 12 * 384  # r = full on query+value of 6 layers
     assert summary["info"]["data"]["sizes"] == {"train": 29758, "validation": 3720, "test": 3719}
     assert json.loads((out / "config.json").read_text())["sizes"] == {"train": 16, "validation": 8, "test": 8}
+
+
+def test_two_cpu_processes_train_one_run_with_ddp(tiny_encoder, sentiment_csv, cache, tmp_path):
+    """`torchrun` (what `accelerate launch` runs) with 2 CPU processes: one run folder, one metrics file, one RNG
+    file per process in the checkpoint."""
+    out = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(ROOT / "experiments" / "encoder.py"),
+               *_args(tiny_encoder, sentiment_csv, out, cache, "--steps", "3", "--save-every", "2")]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("lora r=8:") == 1  # only the main process reports
+    assert [r["step"] for r in read_records(out / "metrics.jsonl", "train")] == [1, 2, 3]
+    checkpoint = {p.name for p in (out / "checkpoints" / "step-00000002").iterdir()}
+    assert {"rng-0.safetensors", "rng-1.safetensors", "model.safetensors"} <= checkpoint
+    assert json.loads((out / "summary.json").read_text())["steps"] == 3

@@ -23,7 +23,8 @@ from typing import Any
 
 from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, methods_list, parse_with_config
 from .cli import train_settings as make_train_settings
-from .encoder import EncoderSetup, add_data_args, setup
+from .encoder import EncoderSetup, add_data_args, default_output_dir, setup
+from .loop import make_accelerator
 from .methods import prepare
 from .optim import build_optimizer
 from .plots import plot_convergence
@@ -152,10 +153,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     base_adapter = adapter_settings(args, method="lora")
     variants = build_variants(args.methods, base_adapter, args.override, args.sweep)
     train = make_train_settings(args)
+    accelerator = make_accelerator(train.mixed_precision)
     env = setup(args)
-    out = Path(args.output_dir) if args.output_dir else Path("runs") / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.output_dir) if args.output_dir else default_output_dir("compare", "")
     out.mkdir(parents=True, exist_ok=True)
-    print(
+    accelerator.print(
         f"compare → {out}: {len(variants)} runs × {train.steps} steps of {train.batch_size}, data {env.config['sizes']}"
     )
     summaries = {}
@@ -171,6 +173,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             overwrite=args.overwrite,
             info={"data": env.corpus.notes},
         )
+    if not accelerator.is_main_process:  # several processes: the main one times, tabulates and plots
+        return {"summaries": summaries, "output_dir": str(out)}
     window = list(range(1, args.timing_steps + 1))
     builders = {v.label: _timing_builder(env, v, train) for v in variants}
     builders[FROZEN] = frozen_builder(env.build_model)

@@ -8,12 +8,14 @@ Bring your own: `--model /path/to/roberta-base --data /path/to/glue --task sst2`
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
 from torch import nn
 
 from .classification import classification_task, hf_logits
@@ -164,7 +166,11 @@ def setup(args: argparse.Namespace) -> EncoderSetup:
 
 
 def default_output_dir(runner: str, label: str) -> Path:
-    return Path("runs") / f"{runner}-{label.replace(' ', '').replace('=', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """runs/<runner>-<label>-<time>; several processes must be given one folder (their clocks may differ)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError("pass --output-dir when running on several processes")
+    name = "-".join(part for part in (runner, label.replace(" ", "").replace("=", "")) if part)
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,7 +190,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         info={"data": env.corpus.notes, "label_names": env.corpus.label_names},
     )
-    print(format_summary(summary, output))
+    PartialState().print(format_summary(summary, output))
     return summary
 
 

@@ -34,12 +34,17 @@ except ImportError:  # Windows
 
 @functools.cache
 def make_accelerator(mixed_precision: str = "auto") -> Accelerator:
-    """One Accelerator per precision and process; 'auto' is bf16 (or fp16) on a GPU and full precision on CPU."""
-    if mixed_precision == "auto" and not torch.cuda.is_available():
+    """One Accelerator per precision and process; 'auto' is bf16 (or fp16) on a GPU and full precision on CPU.
+
+    Without a GPU it is created with `cpu=True`, which is what lets `torchrun`/`accelerate launch` run several CPU
+    processes (gloo DDP) instead of silently running one.
+    """
+    gpu = torch.cuda.is_available()
+    if mixed_precision == "auto" and not gpu:
         mixed_precision = "no"
     elif mixed_precision == "auto":
         mixed_precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Accelerator(mixed_precision=mixed_precision)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not gpu)
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -60,10 +60,14 @@ def execute(
     run = RunDir(output_dir)
     train_config = {k: v for k, v in as_dict(train_settings).items() if k != "progress"}
     config = {**config, "adapter": as_dict(adapter), "train": train_config}
-    resuming = run.prepare(config, resume=resume, overwrite=overwrite)
+    accelerator = make_accelerator(train_settings.mixed_precision)
+    if accelerator.is_main_process:  # one process creates or checks the folder, the others follow it
+        resuming = run.prepare(config, resume=resume, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        resuming = resume and (run.path / "config.json").is_file()
     if resuming and (run.path / "summary.json").is_file():
         return json.loads((run.path / "summary.json").read_text())
-    accelerator = make_accelerator(train_settings.mixed_precision)
     started = time.perf_counter()
     set_seed(train_settings.seed)
     model = build_model()
@@ -90,4 +94,6 @@ def execute(
         run.write_json("summary.json", summary)
         plots.plot_run(run.path, task.metric)
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:  # every process returns the summary the main one wrote
+        summary = json.loads((run.path / "summary.json").read_text())
     return summary

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
 from .classification import classification_task
 from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
 from .cli import train_settings as make_train_settings
@@ -137,6 +139,6 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         overwrite=args.overwrite,
         info={"model": model.description, "data": corpus.notes},
     )
-    print(model.description)
-    print(format_summary(summary, output))
+    PartialState().print(model.description)
+    PartialState().print(format_summary(summary, output))
     return summary
