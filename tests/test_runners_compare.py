@@ -57,7 +57,7 @@ def test_compare_resume_skips_finished_runs(tiny_encoder, sentiment_csv, cache, 
 
 def test_long_flag_sets_the_faithful_budget_and_flags_still_win():
     args = compare.parse_args(["--long", "--steps", "50"])
-    assert (args.steps, args.batch_size, args.train_size, args.test_size) == (50, 32, None, None)
+    assert (args.steps, args.batch_size, args.train_size, args.test_size, args.save_every) == (50, 32, None, None, 100)
     default = compare.parse_args([])
     assert (default.steps, default.batch_size, default.methods) == (120, 16, ["lora", "svfit", "loldu", "full", "head"])
 
