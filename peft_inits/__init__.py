@@ -1,22 +1,38 @@
-"""peft_inits: PEFT adapters initialised from the pretrained weight itself (LoRA, SVFit, LoLDU)."""
+"""peft_inits: PEFT adapters initialised from the pretrained weight itself (LoRA, SVFit, LoLDU, PiSSA, MiLoRA, ...)."""
 
-from .adapters import METHODS, AdapterSpec, trainable_count
-from .config import LoLDUConfig, LoRAConfig, SVFitConfig
+from .adapters import AdapterSpec, AdapterWeights, DecomposedWeights, trainable_count
+from .config import AdapterConfig
 from .layers import AdapterLayer
+from .methods.loldu import LoLDUConfig
+from .methods.lora import LoRAConfig
+from .methods.milora import MiLoRAConfig
+from .methods.pissa import PiSSAConfig
+from .methods.svfit import SVFitConfig
 from .peft_bridge import register_with_peft
+from .registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, register_method
 from .tuner import AdapterModel
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "METHODS",
+    "AdapterConfig",
     "AdapterLayer",
     "AdapterModel",
     "AdapterSpec",
+    "AdapterWeights",
+    "DecomposedWeights",
     "LoLDUConfig",
     "LoRAConfig",
+    "Method",
+    "MethodOptions",
+    "MiLoRAConfig",
+    "PiSSAConfig",
+    "RunnerDefaults",
     "SVFitConfig",
     "__version__",
+    "get_method",
+    "method_names",
+    "register_method",
     "register_with_peft",
     "trainable_count",
 ]

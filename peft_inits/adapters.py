@@ -1,28 +1,29 @@
-"""The weights of one adapter on one matrix: LoRA, SVFit or LoLDU, all as (down, gain, up) factors.
+"""The weights of one adapter on one matrix, as (down, gain, up) factors: the interface every method implements.
 
-Frozen factors are buffers, trainable vectors are parameters. SVFit and LoLDU factors are recomputed from the base
-weight when a model is built and are not saved unless `embed_factors` is set; what is saved (the gains, σ_r or D_r and
-a fingerprint of the base weight) is enough to refuse an adapter that is loaded onto a different base model.
+Frozen factors are buffers, trainable tensors are parameters. Methods that decompose the base weight
+(`DecomposedWeights`) recompute their factors when a model is built and do not save them unless `embed_factors` is
+set; what they save (trained tensors, a reference such as σ_r or D_r, and a fingerprint of the base weight) is
+enough to refuse an adapter that is loaded onto a different base model. The methods themselves live in
+`peft_inits/methods/`, one file each.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from . import functional as Fn
+from .registry import MethodOptions, get_method
 
-METHODS = ("lora", "svfit", "loldu")
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """Everything needed to build one adapter on one matrix (the config resolves one per target module)."""
+    """Everything needed to build one adapter on one matrix (a config resolves one per target module)."""
 
     method: str
     r: int
@@ -30,42 +31,35 @@ class AdapterSpec:
     seed: int = 0
     embed_factors: bool = False
     decompose_dtype: str = "float32"
-    # SVFit
-    energy_threshold: float | None = None
-    svd: str = "exact"
-    svd_niter: int = 2
-    svd_oversample: int = 10
-    # LoLDU
-    z_init: str = "lu"
-    train_sigma: bool = False
-    ldu_method: str = "auto"
+    options: Any = field(default=None)  # the method's MethodOptions (a mapping is converted)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown adapter method {self.method!r}; choose one of {', '.join(METHODS)}")
-        if self.decompose_dtype not in _DTYPES:
-            raise ValueError(f"decompose_dtype must be one of {sorted(_DTYPES)}, got {self.decompose_dtype!r}")
-        if self.svd not in ("exact", "randomized"):
-            raise ValueError(f"svd must be 'exact' or 'randomized', got {self.svd!r}")
-        if self.z_init not in Fn.LOLDU_Z_INITS:
-            raise ValueError(f"unknown LoLDU z_init {self.z_init!r}; choose one of {', '.join(Fn.LOLDU_Z_INITS)}")
-        if self.ldu_method not in ("auto", "truncated", "full"):
-            raise ValueError(f"ldu_method must be 'auto', 'truncated' or 'full', got {self.ldu_method!r}")
+        method = get_method(self.method)
+        if self.decompose_dtype not in DECOMPOSE_DTYPES:
+            raise ValueError(f"decompose_dtype must be one of {sorted(DECOMPOSE_DTYPES)}, got {self.decompose_dtype!r}")
+        object.__setattr__(self, "options", method.make_options(self.options))
 
     @property
     def resolved_alpha(self) -> float:
         return float(self.r if self.alpha is None else self.alpha)
 
+    @property
+    def scale(self) -> float:
+        return self.resolved_alpha / self.r
 
-def _fingerprint_bits(weight: Tensor) -> Tensor:
-    # Kept as the int64 bit pattern of float64 values so `model.half()` or PEFT's dtype casts cannot round it.
-    return Fn.weight_fingerprint(weight).view(torch.int64)
+    @property
+    def dtype(self) -> torch.dtype:
+        return DECOMPOSE_DTYPES[self.decompose_dtype]
 
 
 class AdapterWeights(nn.Module):
-    """Base of the per-method weights: exposes (down, gain, up, scale) and nothing else to the layers."""
+    """Base of the per-method weights: exposes (down, gain, up, scale) and nothing else to the layers.
 
-    method: ClassVar[str]
+    A method implements `__init__(weight, spec)`, `factors()` and `trainable_count`; `relative_gain` is its
+    descriptor hook (the trained vector relative to its init, for methods that train a gain).
+    """
+
+    method: ClassVar[str]  # set by register_method
 
     def __init__(self, r: int, scale: float) -> None:
         super().__init__()
@@ -76,35 +70,36 @@ class AdapterWeights(nn.Module):
         """(down R: r×n, gain g: r or None for all ones, up C: m×r)."""
         raise NotImplementedError
 
+    @classmethod
+    def trainable_count(cls, options: MethodOptions, r: int, m: int, n: int) -> int:
+        """Closed-form number of trained values of one adapter on an m × n matrix."""
+        raise NotImplementedError
+
+    def relative_gain(self) -> Tensor | None:
+        """The trained gain relative to its init, one value per component; None for methods without a gain."""
+        return None
+
     def extra_repr(self) -> str:
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
 
 
-class LoRAWeights(AdapterWeights):
-    """Vanilla LoRA: A kaiming-uniform(a=√5), B = 0, scale = alpha / r (PEFT's default init)."""
-
-    method = "lora"
-
-    def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        m, n = Fn.weight_matrix(weight).shape
-        Fn.check_rank(spec.r, m, n)
-        super().__init__(spec.r, spec.resolved_alpha / spec.r)
-        generator = torch.Generator().manual_seed(spec.seed)
-        bound = 1.0 / math.sqrt(n)  # kaiming_uniform_(a=√5) on an r×n matrix reduces to U(±1/√n)
-        A = torch.empty(spec.r, n).uniform_(-bound, bound, generator=generator)
-        self.lora_A = nn.Parameter(A.to(weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(m, spec.r, device=weight.device))
-
-    def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
-        return self.lora_A, None, self.lora_B
+def relative_change(change: Tensor, init: Tensor) -> Tensor:
+    """change / |init|, with a floor so a zero init cannot divide by zero; float32 on the CPU."""
+    floor = 1e-6 * float(init.abs().max().clamp_min(1e-12))
+    return (change / init.abs().clamp_min(floor)).detach().float().cpu()
 
 
-class _DecomposedWeights(AdapterWeights):
-    """Shared storage and load-time verification of the weight-initialised adapters (SVFit, LoLDU)."""
+def _fingerprint_bits(weight: Tensor) -> Tensor:
+    # Kept as the int64 bit pattern of float64 values so `model.half()` or PEFT's dtype casts cannot round it.
+    return Fn.weight_fingerprint(weight).view(torch.int64)
 
-    reference_name: ClassVar[str]  # the saved buffer that must match its recomputed value on load
 
-    def _store_factors(self, weight: Tensor, down: Tensor, up: Tensor, embed: bool) -> None:
+class DecomposedWeights(AdapterWeights):
+    """Storage and load-time verification of methods whose frozen factors come from a decomposition of W."""
+
+    reference_name: ClassVar[str]  # a saved buffer that must match its recomputed value on load
+
+    def store_factors(self, weight: Tensor, down: Tensor, up: Tensor, embed: bool) -> None:
         self.register_buffer("down", down.contiguous(), persistent=embed)
         self.register_buffer("up", up.contiguous(), persistent=embed)
         self.register_buffer("fingerprint", _fingerprint_bits(weight))
@@ -141,77 +136,15 @@ class _DecomposedWeights(AdapterWeights):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
 
-class SVFitWeights(_DecomposedWeights):
-    """SVFit: frozen top-r singular vectors; only the r singular values s train (s₀ = σ_r)."""
-
-    method = "svfit"
-    reference_name = "s0"
-
-    def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        dtype = _DTYPES[spec.decompose_dtype]
-        m, n = Fn.weight_matrix(weight).shape
-        Fn.check_rank(spec.r, m, n)
-        rank = spec.r
-        if spec.energy_threshold is not None:
-            sigma = torch.linalg.svdvals(Fn.working_copy(weight, dtype))
-            rank = min(rank, Fn.energy_rank(sigma, spec.energy_threshold))
-        f = Fn.svd_top_r(
-            weight,
-            rank,
-            randomized=spec.svd == "randomized",
-            niter=spec.svd_niter,
-            oversample=spec.svd_oversample,
-            seed=spec.seed,
-            dtype=dtype,
-        )
-        super().__init__(rank, spec.resolved_alpha / spec.r)
-        self._store_factors(weight, f.Vh.float(), f.U.float(), spec.embed_factors)
-        self.register_buffer("s0", f.S.float())
-        self.s = nn.Parameter(f.S.float().clone())
-
-    def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
-        return self.down, Fn.svfit_gain(self.s, self.s0), self.up
-
-
-class LoLDUWeights(_DecomposedWeights):
-    """LoLDU: frozen P·L_r and U_r of a pivoted LDU; only z (and σ on request) train; σ = alpha / r."""
-
-    method = "loldu"
-    reference_name = "D"
-
-    def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        f = Fn.pivoted_ldu(weight, spec.r, method=spec.ldu_method, dtype=_DTYPES[spec.decompose_dtype])
-        super().__init__(spec.r, 1.0)
-        self._store_factors(weight, f.U.float(), f.up().float(), spec.embed_factors)
-        self.register_buffer("D", f.D.float())
-        sigma = torch.tensor(spec.resolved_alpha / spec.r)
-        self.register_buffer("sigma0", sigma.clone())
-        if spec.train_sigma:
-            self.sigma = nn.Parameter(sigma.clone())
-        else:
-            self.register_buffer("sigma", sigma.clone())
-        generator = torch.Generator().manual_seed(spec.seed)
-        self.z = nn.Parameter(Fn.loldu_z_init(self.D.cpu(), spec.z_init, generator).to(self.D.device))
-
-    def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
-        return self.down, Fn.loldu_gain(self.z, self.D, self.sigma, self.sigma0), self.up
-
-
-ADAPTER_CLASSES: dict[str, type[AdapterWeights]] = {
-    cls.method: cls for cls in (LoRAWeights, SVFitWeights, LoLDUWeights)
-}
-
-
 def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64)."""
+    method = get_method(spec.method)
+    m, n = Fn.weight_matrix(weight).shape
+    method.check_rank(spec.r, m, n)
     Fn.check_finite(weight, "base weight")
-    return ADAPTER_CLASSES[spec.method](weight, spec)
+    return method.weights(weight, spec)
 
 
 def trainable_count(spec: AdapterSpec, m: int, n: int) -> int:
-    """Closed-form trainable parameters of one adapter: LoRA r(m+n), SVFit r, LoLDU r (+1 with a trainable σ)."""
-    if spec.method == "lora":
-        return spec.r * (m + n)
-    if spec.method == "svfit":
-        return spec.r
-    return spec.r + int(spec.train_sigma)
+    """Closed-form trainable values of one adapter on an m × n matrix (each method states its own formula)."""
+    return get_method(spec.method).weights.trainable_count(spec.options, spec.r, m, n)

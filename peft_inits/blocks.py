@@ -26,11 +26,12 @@ from typing import Any
 
 from torch import nn
 
+from .registry import method_names
+
 __all__ = [
     "FAMILIES",
     "KOHYA_BLOCK_IDS",
     "LBW17_BLOCK_IDS",
-    "METHODS",
     "SD_UNET_BLOCKS",
     "SD_UNET_GROUPS",
     "Target",
@@ -43,7 +44,6 @@ __all__ = [
     "select_blocks",
 ]
 
-METHODS = ("lora", "svfit", "loldu")
 FAMILIES = ("sd-unet", "vit", "bert", "llama", "generic")
 # Other spellings users reach for; resolved before anything else.
 _FAMILY_ALIASES = {"roberta": "bert", "unet": "sd-unet"}
@@ -80,7 +80,7 @@ class Target:
     name: str  # full dotted module name in the model
     block: str | None  # "in0", "mid", "out3", "layer5", ...; None outside any block
     kind: str | None  # "q", "ff_in", "conv1", "qkv", ...; None when the family has no name for it
-    method: str  # one of METHODS
+    method: str | None  # a registered method name; None for a selection-only call
     rank: int  # >= 1: rank-0 entries are dropped, never returned
     alpha: float  # scaling numerator, scale = alpha / rank
 
@@ -390,8 +390,8 @@ def _preview(names: Sequence[str]) -> str:
 
 
 def _check_method(method: Any, where: str) -> str:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}{where}; valid methods: {', '.join(METHODS)}")
+    if method not in method_names():
+        raise ValueError(f"unknown method {method!r}{where}; valid methods: {', '.join(method_names())}")
     return str(method)
 
 
@@ -420,7 +420,7 @@ def _as_sequence(value: str | Iterable[Any]) -> list[Any]:
 class _Setting:
     """Adapter settings of a block; ``alpha=None`` means alpha = rank."""
 
-    method: str
+    method: str | None
     rank: int
     alpha: float | None
 
@@ -556,8 +556,8 @@ def _wanted_kinds(
 def select_blocks(
     model: nn.Module,
     *,
-    method: str,
-    r: int,
+    method: str | None = None,
+    r: int = 1,
     alpha: float | None = None,
     target_modules: str | Iterable[str] | None = None,
     blocks: Mapping[str, int | Mapping[str, Any]] | Iterable[str] | None = None,
@@ -579,7 +579,7 @@ def select_blocks(
     Returns the targets in model order; raises ``ValueError`` on unknown names or when nothing is selected.
     """
     default = _Setting(
-        method=_check_method(method, ""),
+        method=None if method is None else _check_method(method, ""),
         rank=_check_rank(r, "", minimum=1),
         alpha=None if alpha is None else _check_alpha(alpha, ""),
     )

@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from .config import CONFIG_CLASSES, AdapterConfig
+from .config import AdapterConfig
+from .registry import method_of_peft_type, methods
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
@@ -94,7 +95,8 @@ def read_config(directory: str | os.PathLike) -> AdapterConfig:
         peft_type = json.loads(path.read_text()).get("peft_type")
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not a readable adapter config ({exc})") from exc
-    classes = {cls.peft_type_name: cls for cls in CONFIG_CLASSES}
-    if peft_type not in classes:
-        raise ValueError(f"{path} holds a {peft_type!r} adapter; peft_inits reads {sorted(classes)}")
-    return classes[peft_type].from_pretrained(str(directory))
+    method = method_of_peft_type(peft_type)
+    if method is None:
+        known = sorted(m.peft_type for m in methods())
+        raise ValueError(f"{path} holds a {peft_type!r} adapter; peft_inits reads {known}")
+    return method.config.from_pretrained(str(directory))

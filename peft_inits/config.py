@@ -1,6 +1,8 @@
-"""Drop-in PEFT configs: `LoRAConfig`, `SVFitConfig`, `LoLDUConfig`.
+"""Drop-in PEFT configs: `AdapterConfig` (the fields every method shares) and the per-method subclasses.
 
-Each is a `peft.PeftConfig` dataclass, so `peft.get_peft_model(model, SVFitConfig(...))`, `save_pretrained` and
+The subclasses (`LoRAConfig`, `SVFitConfig`, `LoLDUConfig`, `PiSSAConfig`, `MiLoRAConfig`, and any method registered
+from outside) are generated from the registry by `make_config_class`: shared fields + the method's options. Each is
+a `peft.PeftConfig` dataclass, so `peft.get_peft_model(model, SVFitConfig(...))`, `save_pretrained` and
 `PeftModel.from_pretrained` work as with PEFT's own methods. Where adapters go is decided by the one block-selection
 layer (`blocks.select_blocks`); the config only carries the user's request.
 """
@@ -8,14 +10,19 @@ layer (`blocks.select_blocks`); the config only carries the user's request.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Optional, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from peft import PeftConfig
 from torch import nn
 
 from .adapters import AdapterSpec
 from .blocks import Target, select_blocks
+from .registry import get_method
+
+if TYPE_CHECKING:
+    from .registry import Method
 
 CONFIG_FORMAT = 1  # bump when a saved config gains fields an older release cannot honour
 
@@ -47,7 +54,10 @@ class AdapterConfig(PeftConfig):
     embed_factors: bool = field(
         default=False, metadata={"help": "save the frozen factors in the adapter file instead of recomputing them"}
     )
-    decompose_dtype: str = field(default="float32", metadata={"help": "float32 or float64"})
+    decompose_dtype: str = field(
+        default="float32",
+        metadata={"help": "dtype the base weight is decomposed in", "choices": ("float32", "float64")},
+    )
     format_version: int = field(default=CONFIG_FORMAT, metadata={"help": "peft_inits config format"})
 
     def __post_init__(self) -> None:
@@ -57,9 +67,13 @@ class AdapterConfig(PeftConfig):
             raise ValueError(f"r must be an int ≥ 1, got {self.r!r}")
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
+        if isinstance(self.format_version, bool) or not isinstance(self.format_version, int):
+            raise ValueError(
+                f"format_version must be an int, got {self.format_version!r}; is this a peft_inits config?"
+            )
         if self.format_version > CONFIG_FORMAT:
             raise ValueError(_newer_message(f"format_version {self.format_version}"))
-        AdapterSpec(**self._spec_kwargs(self.method))  # validate the method options now, not at injection time
+        self.spec_for_method(self.method, self.r, self.alpha)  # validate the options now, not at injection time
 
     @classmethod
     def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
@@ -70,15 +84,29 @@ class AdapterConfig(PeftConfig):
             raise ValueError(_newer_message(f"unknown fields {unknown}"))
         return kwargs
 
-    def _spec_kwargs(self, method: str) -> dict[str, Any]:
-        spec_fields = {f.name for f in dataclasses.fields(AdapterSpec)}
-        values = {k: v for k, v in dataclasses.asdict(self).items() if k in spec_fields}
-        values.update(method=method)
-        return values
+    def method_options(self) -> dict[str, Any]:
+        """This config's values of its method's options."""
+        return {f.name: getattr(self, f.name) for f in get_method(self.method).option_fields()}
+
+    def spec_for_method(self, method: str, r: int, alpha: float | None) -> AdapterSpec:
+        """The AdapterSpec for a module given `method` (a block may override the config's): this config's options
+        for its own method, the method's defaults for another one."""
+        return AdapterSpec(
+            method=method,
+            r=r,
+            alpha=alpha,
+            seed=self.seed,
+            embed_factors=self.embed_factors,
+            decompose_dtype=self.decompose_dtype,
+            options=self.method_options() if method == self.method else None,
+        )
 
     def resolve(self, model: nn.Module) -> list[Target]:
-        """The dry run: which modules get which adapter, rank and alpha; the model is not touched."""
-        return select_blocks(
+        """The dry run: which modules get which adapter, rank and alpha; the model is not touched.
+
+        Every target's rank is checked against its matrix here, before anything is injected.
+        """
+        targets = select_blocks(
             model,
             method=self.method,
             r=self.r,
@@ -89,18 +117,16 @@ class AdapterConfig(PeftConfig):
             exclude_modules=self.exclude_modules,
             family=self.family,
         )
+        modules = dict(model.named_modules())
+        for target in targets:
+            module = modules[target.name]
+            weight = module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
+            get_method(target.method).check_rank(target.rank, weight.shape[0], weight[0].numel(), target.name)
+        return targets
 
     def spec_for(self, target: Target) -> AdapterSpec:
         """The AdapterSpec of one resolved target (its method may differ from the config's through `blocks`)."""
-        kwargs = self._spec_kwargs(target.method) if target.method == self.method else _default_options(self)
-        kwargs.update(method=target.method, r=target.rank, alpha=target.alpha)
-        return AdapterSpec(**kwargs)
-
-
-def _default_options(config: AdapterConfig) -> dict[str, Any]:
-    """Options for a block whose method was overridden: that method's defaults plus the shared fields."""
-    shared = ("seed", "embed_factors", "decompose_dtype")
-    return {name: getattr(config, name) for name in shared}
+        return self.spec_for_method(target.method, target.rank, target.alpha)
 
 
 def _newer_message(what: str) -> str:
@@ -110,39 +136,21 @@ def _newer_message(what: str) -> str:
     )
 
 
-@dataclass
-class LoRAConfig(AdapterConfig):
-    """Vanilla LoRA (Hu et al. 2021): A kaiming-uniform, B = 0, trains r·(m+n) values per matrix."""
-
-    method: ClassVar[str] = "lora"
-    peft_type_name: ClassVar[str] = "PI_LORA"
-
-
-@dataclass
-class SVFitConfig(AdapterConfig):
-    """SVFit (arXiv 2409.05926): train only the top-r singular values of each frozen weight (r values per matrix)."""
-
-    method: ClassVar[str] = "svfit"
-    peft_type_name: ClassVar[str] = "SVFIT"
-
-    energy_threshold: Optional[float] = field(
-        default=None, metadata={"help": "smallest rank ≤ r whose Σσ² reaches this fraction of ‖W‖²_F (e.g. 0.99)"}
+def make_config_class(method: Method) -> type[AdapterConfig]:
+    """Generate `<Method>Config`: the shared fields of `AdapterConfig` plus the method's options, as a PeftConfig."""
+    shared = {f.name for f in dataclasses.fields(AdapterConfig)}
+    clash = sorted(shared & {f.name for f in method.option_fields()})
+    if clash:
+        raise ValueError(f"{method.name}: option(s) {clash} clash with fields every config has")
+    hints = typing.get_type_hints(method.options)
+    fields = [
+        (f.name, hints[f.name], field(default=f.default, metadata=dict(f.metadata))) for f in method.option_fields()
+    ]
+    cls = dataclasses.make_dataclass(
+        method.config_name,
+        fields,
+        bases=(AdapterConfig,),
+        namespace={"method": method.name, "peft_type_name": method.peft_type, "__doc__": method.summary},
     )
-    svd: str = field(default="exact", metadata={"help": "exact | randomized"})
-    svd_niter: int = field(default=2, metadata={"help": "power iterations of the randomized SVD"})
-    svd_oversample: int = field(default=10, metadata={"help": "extra columns of the randomized SVD"})
-
-
-@dataclass
-class LoLDUConfig(AdapterConfig):
-    """LoLDU (arXiv 2410.13618): train only the diagonal z of a pivoted LDU (r values, +1 with a trainable σ)."""
-
-    method: ClassVar[str] = "loldu"
-    peft_type_name: ClassVar[str] = "LOLDU"
-
-    z_init: str = field(default="lu", metadata={"help": "lu (identity at step 0), uniform, s_uniform, normal, ..."})
-    train_sigma: bool = field(default=False, metadata={"help": "train the scale σ = alpha / r as well"})
-    ldu_method: str = field(default="auto", metadata={"help": "auto | truncated (r steps) | full LU"})
-
-
-CONFIG_CLASSES: tuple[type[AdapterConfig], ...] = (LoRAConfig, SVFitConfig, LoLDUConfig)
+    cls.__module__ = method.options.__module__
+    return cls

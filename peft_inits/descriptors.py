@@ -6,8 +6,9 @@ Three descriptors, one interface (`DESCRIPTORS[name](records, base) -> array N �
   Not well defined for LoRA: (B·G)(G⁻¹·A) is the same adapter with other factors.
 - `delta`: factorisation-invariant. Per layer, the singular values of ΔW = B·A and the k × k projection
   U_kᵀ ΔW V_k onto the base weight's top-k singular vectors, computed from the r-dimensional factors without forming ΔW.
-- `gains`: SVFit/LoLDU only: the trained gain relative to its initial value, (s − σ_r)/σ_r or (σz − σ₀D)/(σ₀D),
-  tied to fixed bases of the frozen weight, so canonical by construction.
+- `gains`: methods that train a gain (SVFit, LoLDU): the trained gain relative to its initial value, as each method's
+  `relative_gain` hook defines it ((s − σ_r)/σ_r, (σz − σ₀z_ref)/(σ₀z_ref)), tied to fixed bases of the frozen
+  weight, so canonical by construction.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as Fn
-from .adapters import LoLDUWeights, SVFitWeights
 from .blocks import select_blocks
 from .export import lora_pairs
 
@@ -40,7 +40,8 @@ class AdapterRecord:
 
 
 def record_from_model(model: nn.Module, path: str = "", label: str | None = None, adapter_name: str = "default"):
-    """Read an `AdapterRecord` from a model holding a peft_inits adapter (LoRA, SVFit or LoLDU)."""
+    """Read an `AdapterRecord` from a model holding a peft_inits adapter; gains come from each method's
+    `relative_gain` hook (methods without a trained gain, e.g. LoRA, contribute none)."""
     pairs = {p.name: (p.A.flatten(1), p.B.flatten(1)) for p in lora_pairs(model, adapter_name)}
     gains: dict[str, Tensor] = {}
     methods = set()
@@ -52,18 +53,11 @@ def record_from_model(model: nn.Module, path: str = "", label: str | None = None
         methods.add(adapter.method)
         key = name.removeprefix("base_model.model.")
         with torch.no_grad():
-            if isinstance(adapter, SVFitWeights):
-                gains[key] = _relative(adapter.s - adapter.s0, adapter.s0)
-            elif isinstance(adapter, LoLDUWeights):
-                init = adapter.sigma0 * adapter.D
-                gains[key] = _relative(adapter.sigma * adapter.z - init, init)
+            gain = adapter.relative_gain()
+        if gain is not None:
+            gains[key] = gain
     method = methods.pop() if len(methods) == 1 else "mixed"
     return AdapterRecord(path=path, method=method, pairs=pairs, gains=gains, label=label)
-
-
-def _relative(change: Tensor, init: Tensor) -> Tensor:
-    floor = 1e-6 * float(init.abs().max().clamp_min(1e-12))
-    return (change / init.abs().clamp_min(floor)).float().cpu()
 
 
 def record_from_peft_lora(directory: str | Path, label: str | None = None) -> AdapterRecord:
@@ -109,7 +103,7 @@ def select_modules(records: Sequence[AdapterRecord], base: nn.Module | None, mod
         return names
     if base is None:
         raise ValueError("selecting layers by kind needs the base model")
-    targets = select_blocks(base, method="lora", r=1, target_modules=names, module_kinds=list(module_kinds))
+    targets = select_blocks(base, target_modules=names, module_kinds=list(module_kinds))
     return [t.name for t in targets]
 
 
@@ -198,7 +192,9 @@ def gains_descriptor(records: Sequence[AdapterRecord], base: nn.Module | None = 
     """SVFit/LoLDU gain vectors relative to their inits, concatenated over the selected layers."""
     missing = [r.path for r in records if not r.gains]
     if missing:
-        raise ValueError(f"the gains descriptor needs SVFit or LoLDU adapters; these have no gains: {missing[:3]}")
+        raise ValueError(
+            f"the gains descriptor needs adapters that train a gain (e.g. SVFit, LoLDU); these have none: {missing[:3]}"
+        )
     names = select_modules(records, base, module_kinds)
     return np.stack([torch.cat([r.gains[n] for n in names]).numpy() for r in records])
 

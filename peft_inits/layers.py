@@ -33,7 +33,7 @@ def check_supported(module: nn.Module, name: str = "module") -> None:
 
 
 class AdapterLayer(nn.Module, BaseTunerLayer):
-    """A frozen base layer plus named LoRA/SVFit/LoLDU adapters: y = base(x) + Σ_active scale·C(g ⊙ R x)."""
+    """A frozen base layer plus named adapters of any registered method: y = base(x) + Σ_active scale·C(g ⊙ R x)."""
 
     adapter_layer_names = ("pi_adapters",)
 
@@ -44,6 +44,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.pi_adapters = nn.ModuleDict()
         self._disable_adapters = False
         self.merged_adapters: list[str] = []
+        self.adapter_weights: dict[str, float] = {}  # output multipliers set by composition (default 1)
         self._active_adapter = adapter_name
         self.update_layer(adapter_name, spec)
 
@@ -60,6 +61,18 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def adapter(self, adapter_name: str) -> AdapterWeights:
         return self.pi_adapters[adapter_name]
 
+    def set_adapter_weight(self, adapter_name: str, weight: float) -> None:
+        """Scale one adapter's delta by `weight` (1 = as trained) without touching its trained state."""
+        if adapter_name not in self.pi_adapters:
+            raise ValueError(f"this layer holds no adapter {adapter_name!r}")
+        if self.merged:
+            raise ValueError("unmerge before changing an adapter's weight")
+        self.adapter_weights[adapter_name] = float(weight)
+
+    def effective_scale(self, adapter_name: str) -> float:
+        """The adapter's own scale times its composition weight."""
+        return self.pi_adapters[adapter_name].scale * self.adapter_weights.get(adapter_name, 1.0)
+
     # ------------------------------------------------------------------------------------------------ maths
 
     def delta_forward(self, x: Tensor, adapter_name: str) -> Tensor:
@@ -68,14 +81,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         down, gain, up = adapter.factors()
         x = x.to(down.dtype)
         if not self.is_conv:  # fused down→gain→up (Triton on CUDA, torch elsewhere); same maths as Fn.linear_delta
-            return adapter_delta(x, down, gain, up, adapter.scale)
+            return adapter_delta(x, down, gain, up, self.effective_scale(adapter_name))
         conv = self.get_base_layer()
         return Fn.conv2d_delta(
             x,
             down,
             gain,
             up,
-            adapter.scale,
+            self.effective_scale(adapter_name),
             kernel_size=conv.kernel_size,
             stride=conv.stride,
             padding=conv.padding,
@@ -85,7 +98,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """ΔW of one adapter, shaped like the base weight, in the adapter's dtype."""
         down, gain, up = self.pi_adapters[adapter_name].factors()
-        delta = Fn.delta_weight(down, gain, up, self.pi_adapters[adapter_name].scale)
+        delta = Fn.delta_weight(down, gain, up, self.effective_scale(adapter_name))
         return delta.reshape(self.get_base_layer().weight.shape)
 
     # ------------------------------------------------------------------------------------------------ merging

@@ -1,25 +1,33 @@
 """Registration of our configs with Hugging Face PEFT — the one place that touches PEFT's registries.
 
-peft ≥ 0.21 keeps `PeftType` a closed enum and `register_peft_method` refuses other names, so the three methods are
-registered as plain-string keys of PEFT's mappings (a `str`-enum member and a plain string of the same value hash
-alike, so PEFT's own lookups by `config.peft_type` find them). Importing `peft_inits` runs this once.
+peft ≥ 0.21 keeps `PeftType` a closed enum and `register_peft_method` refuses other names, so each method is
+registered as a plain-string key of PEFT's mappings (a `str`-enum member and a plain string of the same value hash
+alike, so PEFT's own lookups by `config.peft_type` find them). `register_method` calls this for every method.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from peft import mapping
 
-from .config import CONFIG_CLASSES
-from .tuner import AdapterModel
+if TYPE_CHECKING:
+    from .config import AdapterConfig
+
+
+def register_config(config_cls: type[AdapterConfig]) -> None:
+    """Make `get_peft_model`, `PeftModel.from_pretrained` and diffusers' `add_adapter` know one config class."""
+    from .tuner import AdapterModel
+
+    key = config_cls.peft_type_name
+    mapping.PEFT_TYPE_TO_CONFIG_MAPPING[key] = config_cls
+    mapping.PEFT_TYPE_TO_TUNER_MAPPING[key] = AdapterModel
+    mapping.PEFT_TYPE_TO_PREFIX_MAPPING[key] = AdapterModel.prefix
 
 
 def register_with_peft() -> None:
-    """Make `get_peft_model`, `PeftModel.from_pretrained` and diffusers' `add_adapter` know our configs."""
-    for config_cls in CONFIG_CLASSES:
-        key = config_cls.peft_type_name
-        mapping.PEFT_TYPE_TO_CONFIG_MAPPING[key] = config_cls
-        mapping.PEFT_TYPE_TO_TUNER_MAPPING[key] = AdapterModel
-        mapping.PEFT_TYPE_TO_PREFIX_MAPPING[key] = AdapterModel.prefix
+    """Register every method of the registry again (e.g. after another library reset PEFT's mappings)."""
+    from .registry import methods
 
-
-register_with_peft()
+    for method in methods():
+        register_config(method.config)

@@ -7,12 +7,13 @@ from typing import ClassVar
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .blocks import Target
 from .config import AdapterConfig
 from .layers import AdapterLayer, check_supported
 
 
 class AdapterModel(BaseTuner):
-    """One tuner for LoRA, SVFit and LoLDU: the method of each module comes from the resolved block plan."""
+    """One tuner for every registered method: the method of each module comes from the resolved block plan."""
 
     prefix: str = "pi_"
     tuner_layer_cls = AdapterLayer
@@ -27,11 +28,16 @@ class AdapterModel(BaseTuner):
         for target in targets:
             module = modules[target.name]
             check_supported(module.get_base_layer() if isinstance(module, AdapterLayer) else module, target.name)
-        # Not a dataclass field: the plan lives with the config object only while it is being injected.
-        peft_config._plan = {target.name: target for target in targets}
+        self._plans()[id(peft_config)] = {target.name: target for target in targets}
+
+    def _plans(self) -> dict[int, dict[str, Target]]:
+        """Resolved plans by config object, kept on the tuner (BaseTuner injects before our __init__ body runs)."""
+        if "_resolved_plans" not in self.__dict__:
+            self.__dict__["_resolved_plans"] = {}
+        return self.__dict__["_resolved_plans"]
 
     def _check_target_module_exists(self, peft_config: AdapterConfig, key: str) -> bool:
-        return key in getattr(peft_config, "_plan", {})
+        return key in self._plans().get(id(peft_config), {})
 
     def _create_and_replace(
         self,
@@ -43,7 +49,7 @@ class AdapterModel(BaseTuner):
         current_key: str,
         parameter_name: str | None = None,
     ) -> None:
-        spec = peft_config.spec_for(peft_config._plan[current_key])
+        spec = peft_config.spec_for(self._plans()[id(peft_config)][current_key])
         if isinstance(target, AdapterLayer):
             target.update_layer(adapter_name, spec)
             return

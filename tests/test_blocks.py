@@ -11,10 +11,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from tiny_models import sd15_unet_meta, timm_like_vit, tiny_llama, tiny_roberta, tiny_unet, tiny_vit
 from torch import nn
 
+from peft_inits import method_names
 from peft_inits.blocks import (
     KOHYA_BLOCK_IDS,
     LBW17_BLOCK_IDS,
-    METHODS,
     SD_UNET_BLOCKS,
     Target,
     block_names,
@@ -440,7 +440,7 @@ def test_argument_errors(roberta: nn.Module) -> None:
         select_blocks(roberta, method="lora", r=2, family="resnet")
     with pytest.raises(ValueError, match=r"unknown module kind.*'attn3'.*valid kinds:.*attn2"):
         select_blocks(tiny_unet(), method="lora", r=2, module_kinds=["attn3"])
-    with pytest.raises(ValueError, match="unknown method 'dora'; valid methods: " + ", ".join(METHODS)):
+    with pytest.raises(ValueError, match="unknown method 'dora'; valid methods: " + ", ".join(method_names())):
         select_blocks(roberta, method="dora", r=2)
     with pytest.raises(ValueError, match="unknown method 'dora' for block 'layer0'"):
         select_blocks(roberta, method="lora", r=2, blocks={"layer0": {"method": "dora"}})

@@ -99,7 +99,7 @@ def test_a_record_for_another_base_is_refused():
 
 def test_gains_need_weight_initialised_adapters():
     record = record_from_model(_styled(LoRAConfig(r=2, target_modules=["fc1"]), "a", 0))
-    with pytest.raises(ValueError, match="needs SVFit or LoLDU adapters"):
+    with pytest.raises(ValueError, match="needs adapters that train a gain"):
         gains_descriptor([record])
 
 

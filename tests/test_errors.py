@@ -11,7 +11,7 @@ from peft import PeftModel, get_peft_model
 from tiny_models import tiny_unet
 from torch import nn
 
-from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, SVFitConfig
+from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, MiLoRAConfig, PiSSAConfig, SVFitConfig
 from peft_inits.checkpoint import load_adapter, read_config, save_adapter
 
 X = torch.randn(4, 13, generator=torch.Generator().manual_seed(0))
@@ -31,10 +31,20 @@ def _saved(tmp_path, config=None):
     return model, save_adapter(model, tmp_path / "adapter")
 
 
-@pytest.mark.parametrize("config_cls", [LoRAConfig, SVFitConfig, LoLDUConfig])
+@pytest.mark.parametrize("config_cls", [SVFitConfig, LoLDUConfig, PiSSAConfig, MiLoRAConfig])
 def test_rank_larger_than_matrix(config_cls):
-    with pytest.raises(ValueError, match=r"r=8 is out of range for weight of shape 7×24: need 1 ≤ r ≤ min\(m, n\) = 7"):
-        get_peft_model(_mlp(), config_cls(r=8, target_modules=["fc2"]))
+    base = _mlp()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match=r"rank r=8 is too large for fc2 \(7×24\): .* at most min\(m, n\) = 7"):
+        get_peft_model(base, config_cls(r=8, target_modules=["fc1", "fc2"]))
+    assert not any("pi_adapters" in name for name, _ in base.named_modules())  # checked before injection
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_lora_rank_may_exceed_the_matrix_rank():
+    """LoRA is well defined at r > min(m, n) (PEFT allows it); only decompositions are bounded by the matrix."""
+    model = get_peft_model(_mlp(), LoRAConfig(r=30, target_modules=["fc2"]))
+    assert model.get_nb_trainable_parameters()[0] == 30 * (7 + 24)
 
 
 @pytest.mark.parametrize("r", [0, -1, 2.5])
@@ -159,8 +169,12 @@ def test_foreign_config_type_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("config_cls", "kwargs", "message"),
     [
-        (LoLDUConfig, {"z_init": "xavier"}, "unknown LoLDU z_init 'xavier'"),
-        (SVFitConfig, {"svd": "lanczos"}, "svd must be 'exact' or 'randomized'"),
+        (LoLDUConfig, {"z_init": "xavier"}, "z_init must be one of lu, uniform, .*, got 'xavier'"),
+        (SVFitConfig, {"svd": "lanczos"}, "svd must be one of exact, randomized, got 'lanczos'"),
+        (LoLDUConfig, {"pivoting": "total"}, "pivoting must be one of partial, rook, complete"),
+        (SVFitConfig, {"svd_niter": 1.5}, "svd_niter must be int"),
+        (SVFitConfig, {"energy_threshold": 1.5}, r"energy_threshold must be in \(0, 1\]"),
+        (PiSSAConfig, {"svd_oversample": -1}, "must be >= 0"),
         (LoLDUConfig, {"ldu_method": "qr"}, "ldu_method must be"),
         (SVFitConfig, {"decompose_dtype": "float16"}, "decompose_dtype must be one of"),
     ],

@@ -7,6 +7,7 @@ import json
 import pytest
 from runner_helpers import load_script
 
+from peft_inits import method_names
 from peft_inits.training import compare
 from peft_inits.training.settings import AdapterSettings
 from peft_inits.training.tables import render
@@ -25,16 +26,17 @@ def test_compare_table_plot_and_files(tiny_encoder, sentiment_csv, cache, tmp_pa
         "--sweep", "loldu.r=1,full",
     ]))  # fmt: skip
     labels = [row["label"] for row in result["rows"]]
-    assert labels == ["lora", "svfit", "loldu r=1", "loldu r=full", "full", "head"]
+    assert labels == ["lora", "svfit", "loldu r=1", "loldu r=full", "pissa", "milora", "full", "head"]
     rows = {row["label"]: row for row in result["rows"]}
     # tiny BERT: query+value of 2 layers, 32×32; LoRA r=8 trains 8·64 per matrix
     assert rows["lora"]["adapter"] == "2,048" and rows["lora"]["ratio"] == "1"
     assert rows["svfit"]["adapter"] == "128" and rows["svfit"]["ratio"] == "0.0625"
     assert rows["loldu r=1"]["adapter"] == "4"
+    assert rows["pissa"]["adapter"] == rows["milora"]["adapter"] == "2,048"
     assert rows["head"]["adapter"] == "0" and rows["head"]["ratio"] == "0"
     assert all(row["slowdown"] != "-" and float(row["slowdown"]) > 0 for row in result["rows"])
     printed = capsys.readouterr().out
-    assert "steps to 95% LoRA best" in printed and "frozen-base step" in printed
+    assert "steps to 95% lora best" in printed and "frozen-base step" in printed
     assert (out / "convergence.png").stat().st_size > 10_000
     assert "| method" in (out / "table.md").read_text()
     saved = json.loads((out / "compare.json").read_text())
@@ -59,7 +61,7 @@ def test_long_flag_sets_the_faithful_budget_and_flags_still_win():
     args = compare.parse_args(["--long", "--steps", "50"])
     assert (args.steps, args.batch_size, args.train_size, args.test_size, args.save_every) == (50, 32, None, None, 100)
     default = compare.parse_args([])
-    assert (default.steps, default.batch_size, default.methods) == (120, 16, ["lora", "svfit", "loldu", "full", "head"])
+    assert (default.steps, default.batch_size, default.methods) == (120, 16, [*method_names(), "full", "head"])
 
 
 def test_variants_overrides_and_sweeps():
@@ -78,7 +80,7 @@ def test_variants_overrides_and_sweeps():
         "head",
     ]
     assert rows[0].lr == 1e-3 and rows[0].adapter.method == "lora"
-    assert rows[2].adapter.blocks == ["2", "3"] and rows[2].adapter.z_init == "uniform" and rows[2].adapter.r == 1
+    assert rows[2].adapter.blocks == ["2", "3"] and rows[2].adapter.options == {"z_init": "uniform"} and rows[2].adapter.r == 1
     unscoped = build_variants(["lora", "svfit", "full"], BASE, sweeps=["r=2,full"])
     assert [v.label for v in unscoped] == ["lora r=2", "lora r=full", "svfit r=2", "svfit r=full", "full"]
 
@@ -92,7 +94,10 @@ def test_variants_overrides_and_sweeps():
         ({"sweeps": ["lora.rank=1"]}, "unknown setting 'rank'"),
         ({"sweeps": ["lora.r=0"]}, "rank r must be an integer >= 1 or 'full'"),
         ({"overrides": ["lora.r"]}, r"expected \[METHOD.\]KEY=VALUE"),
-        ({"overrides": ["lora.train_sigma=maybe"]}, "train_sigma takes true or false"),
+        ({"methods": ["lora", "loldu"], "overrides": ["loldu.train_sigma=maybe"]}, "train_sigma: cannot read 'maybe'"),
+        ({"overrides": ["lora.train_sigma=true"]}, "lora has no option 'train_sigma' .*belongs to loldu"),
+        ({"sweeps": ["pivoting=partial,rook"]}, "no compared method has option 'pivoting'"),
+        ({"methods": ["lora", "loldu"], "sweeps": ["loldu.pivoting=partial,lu"]}, "pivoting must be one of"),
     ],
 )
 def test_bad_comparison_arguments(kwargs, message):
@@ -122,8 +127,9 @@ def test_real_default_smoke(cache, tmp_path):
         "--no-progress",
     ]))  # fmt: skip
     rows = {row["label"]: row for row in result["rows"]}
-    assert list(rows) == ["lora", "svfit", "loldu", "full", "head"]
-    assert rows["lora"]["adapter"] == "73,728" and rows["svfit"]["adapter"] == rows["loldu"]["adapter"] == "4,608"
+    assert list(rows) == ["lora", "svfit", "loldu", "pissa", "milora", "full", "head"]
+    assert rows["lora"]["adapter"] == rows["pissa"]["adapter"] == rows["milora"]["adapter"] == "73,728"
+    assert rows["svfit"]["adapter"] == rows["loldu"]["adapter"] == "4,608"
     assert (out / "convergence.png").is_file()
 
 

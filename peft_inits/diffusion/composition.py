@@ -55,7 +55,6 @@ def load_named_adapter(unet: nn.Module, directory: str | Path, name: str) -> lis
     layers = adapter_layers(unet, name)
     for layer in layers.values():
         layer.pi_adapters[name].requires_grad_(False)
-        layer.pi_adapters[name].trained_scale = layer.pi_adapters[name].scale
     return sorted(layers)
 
 
@@ -65,26 +64,26 @@ def adapter_layers(unet: nn.Module, name: str) -> dict[str, AdapterLayer]:
 
 def layers_in_blocks(unet: nn.Module, names: Iterable[str], blocks: Sequence[str]) -> set[str]:
     """Which of the layer `names` lie in `blocks` (block names or groups of the shared block-selection layer)."""
-    targets = select_blocks(unet, method="lora", r=1, target_modules=list(names), blocks=list(blocks), family="sd-unet")
+    targets = select_blocks(unet, target_modules=list(names), blocks=list(blocks), family="sd-unet")
     return {t.name for t in targets}
 
 
 def apply_placements(unet: nn.Module, placements: Sequence[Placement]) -> None:
-    """Activate exactly these adapters, each on its blocks and with its weight (scale = trained scale × weight)."""
+    """Activate exactly these adapters, each on its blocks and with its weight (the layer's output multiplier)."""
     wanted: dict[str, set[str]] = {}
+    for layer in (m for m in unet.modules() if isinstance(m, AdapterLayer)):
+        if layer.merged:
+            layer.unmerge()
     for placement in placements:
         layers = adapter_layers(unet, placement.name)
         if not layers:
             raise ValueError(f"no adapter named {placement.name!r} is loaded")
         chosen = set(layers) if placement.blocks is None else layers_in_blocks(unet, layers, placement.blocks)
         for layer_name, layer in layers.items():
-            adapter = layer.pi_adapters[placement.name]
-            adapter.scale = adapter.trained_scale * placement.weight
+            layer.set_adapter_weight(placement.name, placement.weight)
             if layer_name in chosen:
                 wanted.setdefault(layer_name, set()).add(placement.name)
     for layer_name, layer in ((n, m) for n, m in unet.named_modules() if isinstance(m, AdapterLayer)):
-        if layer.merged:
-            layer.unmerge()
         active = sorted(wanted.get(layer_name, ()))
         layer.set_adapter(active, inference_mode=True)
 

@@ -23,18 +23,16 @@ from typing import Any
 
 import torch
 
-from ..blocks import METHODS
 from ..export import export_kohya, export_peft_lora
+from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
-from ..training.settings import TrainSettings
+from ..training.settings import TrainSettings, default_lr
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
 from .images import CropDataset, embedded_images, load_image_folder, resize_short_side
 from .objective import PREDICTION_TYPES, DreamBoothData, Frozen, diffusion_task
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, save_grid
 
-SD_LEARNING_RATES = {"lora": 1e-4, "svfit": 5e-3, "loldu": 5e-3}
-SD_RANK = 8
 EMBEDDED_PROMPTS = {"subject": "a photo of sks cat", "style": "a wall in sks style"}
 TRAIN_DEFAULTS = TrainSettings(steps=60, batch_size=2, eval_every=20, warmup=0.0, save_every=20, head_lr=0.0)
 
@@ -89,8 +87,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     data.add_argument("--resolution", type=int, default=None, help="crop size (default: the model's native size)")
     data.add_argument("--prediction", choices=PREDICTION_TYPES, default=None, help="default: the scheduler's")
     _sample_args(train, prompts_required=False)
-    cli.add_adapter_args(train)
-    cli.add_train_args(train, TRAIN_DEFAULTS)
+    cli.add_adapter_args(
+        train, methods=method_names(), head=False, kinds_help="default: every attention projection; e.g. attn2,resnet"
+    )
+    cli.add_train_args(train, TRAIN_DEFAULTS, head=False)
     cli.add_run_args(train)
 
     sample = commands.add_parser("sample", help="sample an image grid, with or without an adapter")
@@ -120,8 +120,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.command == "train":  # `--config FILE` supplies defaults for the train options
         args = cli.parse_with_config(train, argv[argv.index("train") + 1 :])
         args.command = "train"
-        if args.method not in METHODS:
-            train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(METHODS)}")
+        if args.method not in method_names():
+            train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(method_names())}")
     return args
 
 
@@ -205,8 +205,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         save_grid(rows, run_dir / "samples" / f"step-{step:06d}.png", prompts)
 
     task.on_checkpoint = sample_grid
-    adapter = cli.adapter_settings(args, head_modules=[], r=args.r or SD_RANK)
-    settings = cli.train_settings(args, lr=args.lr if args.lr is not None else SD_LEARNING_RATES[args.method])
+    adapter = cli.adapter_settings(args, head_modules=[], family="sd")
+    settings = cli.train_settings(args, lr=args.lr if args.lr is not None else default_lr(args.method, "sd"))
     config = {
         "runner": "sd",
         "model": args.model or "tiny",

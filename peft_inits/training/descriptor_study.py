@@ -163,7 +163,8 @@ def evaluate(args: argparse.Namespace, method: str, root: Path) -> list[dict[str
     labels = collection.labels
     seeds = [json.loads((Path(r.path) / "meta.json").read_text())["seed"] for r in collection.records]
     k = args.seeds - 1
-    features = {name: fn for name, fn in DESCRIPTORS.items() if name != "gains" or method != "lora"}
+    has_gains = all(record.gains for record in collection.records)
+    features = {name: fn for name, fn in DESCRIPTORS.items() if name != "gains" or has_gains}
     rows = []
     for name, descriptor in features.items():
         X = descriptor(collection.records, base)

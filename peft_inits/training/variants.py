@@ -1,7 +1,8 @@
 """The rows of a comparison: methods, per-method overrides (`loldu.z_init=uniform`) and sweeps (`loldu.r=1,8,full`).
 
 Syntax: `[METHOD.]KEY=VALUE` for an override and `[METHOD.]KEY=V1,V2,...` for a sweep; without `METHOD.` it applies
-to every adapter method of the comparison (not to `full`/`head`). KEY is an `AdapterSettings` field or `lr`.
+to every adapter method of the comparison that has KEY (not to `full`/`head`). KEY is an `AdapterSettings` field,
+`lr`, or an option of a registered method (`loldu.pivoting=partial,rook,complete`, `svd_niter=1,4`).
 Inside one value, `+` joins list items: `--sweep loldu.blocks=0-1,2-3,0-1+4-5` gives three rows.
 """
 
@@ -9,17 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .settings import ADAPTER_METHODS, AdapterSettings, check_method, parse_rank
+from .options import check_applicable, option_specs, options_for
+from .settings import AdapterSettings, check_method, is_adapter_method, parse_rank
 
 _LIST_KEYS = {"target_modules", "module_kinds", "blocks", "exclude_modules", "head_modules"}
-_FLOAT_KEYS = {"alpha", "energy_threshold", "lr"}
+_FLOAT_KEYS = {"alpha", "lr"}
 _INT_KEYS = {"init_seed"}
-_BOOL_KEYS = {"train_sigma"}
-_VALID_KEYS = sorted({f.name for f in dataclasses.fields(AdapterSettings)} - {"method"} | {"lr"})
+_BOOL_KEYS = {"embed_factors"}
+_SETTING_KEYS = {f.name for f in dataclasses.fields(AdapterSettings)} - {"method", "options", "family"} | {"lr"}
+
+
+def valid_keys() -> list[str]:
+    """Settings and every registered method's options (derived from the registry, so new methods' options work)."""
+    return sorted(_SETTING_KEYS | set(option_specs()))
 
 
 @dataclass
@@ -38,6 +45,9 @@ class Variant:
 
 def _convert(key: str, text: str) -> Any:
     text = text.strip()
+    specs = option_specs()
+    if key in specs:
+        return specs[key].convert(text)
     if key == "r":
         return parse_rank(text)
     if key in _LIST_KEYS:
@@ -60,15 +70,22 @@ def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[
     left, right = text.split("=", 1)
     scope, _, key = left.strip().rpartition(".")
     key = key.replace("-", "_")
-    if key not in _VALID_KEYS:
-        raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(_VALID_KEYS)}")
+    if key not in valid_keys():
+        raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(valid_keys())}")
+    specs = option_specs()
     if scope:
         check_method(scope)
         if scope not in methods:
             raise ValueError(f"{text!r} names method {scope!r}, which is not among the compared ones {list(methods)}")
+        if key in specs and scope not in specs[key].methods:
+            raise ValueError(f"{text!r}: {scope} has no option {key!r} (it belongs to {', '.join(specs[key].methods)})")
         targets = [scope]
+    elif key in specs:
+        targets = [m for m in methods if m in specs[key].methods]
+        if not targets:
+            raise ValueError(f"{text!r}: no compared method has option {key!r} ({', '.join(specs[key].methods)} do)")
     else:
-        targets = [m for m in methods if m in ADAPTER_METHODS]
+        targets = [m for m in methods if is_adapter_method(m)]
     values = [_convert(key, v) for v in (right.split(",") if many else [right])]
     if not values:
         raise ValueError(f"no value in {text!r}")
@@ -84,13 +101,19 @@ def build_variants(
     base: AdapterSettings,
     overrides: Sequence[str] = (),
     sweeps: Sequence[str] = (),
+    options: Mapping[str, Any] | None = None,
 ) -> list[Variant]:
-    """Expand methods × sweeps into rows; every method keeps its defaults unless overridden."""
+    """Expand methods × sweeps into rows; every method keeps its defaults unless overridden.
+
+    `options` (method options from flags, e.g. {"svd": "randomized"}) go to every compared method that has them.
+    """
     for method in methods:
         check_method(method)
+    options = dict(options or {})
+    check_applicable(options, [m for m in methods if is_adapter_method(m)])
     if len(set(methods)) != len(methods):
         raise ValueError(f"a method is listed twice in {list(methods)}")
-    fixed: dict[str, dict[str, Any]] = {m: {} for m in methods}
+    fixed: dict[str, dict[str, Any]] = {m: options_for(m, options) if is_adapter_method(m) else {} for m in methods}
     for text in overrides:
         targets, key, values = parse_assignment(text, methods, many=False)
         for method in targets:
@@ -107,7 +130,9 @@ def build_variants(
         for combo in combos:
             settings = {**fixed[method], **dict(combo)}
             lr = settings.pop("lr", None)
-            adapter = dataclasses.replace(base, method=method, **settings)
+            specs = option_specs()
+            method_options = {k: settings.pop(k) for k in list(settings) if k in specs and k not in _SETTING_KEYS}
+            adapter = dataclasses.replace(base, method=method, options=method_options, **settings)
             label = method + "".join(f" {key}={_show(value)}" for key, value in combo)
             rows.append(Variant(label, adapter, lr, swept=bool(combo)))
     return rows

@@ -1,0 +1,53 @@
+"""Vanilla LoRA (Hu et al. 2021) with PEFT's default init: A kaiming-uniform(a=√5), B = 0, scale = alpha / r."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .. import functional as Fn
+from ..adapters import AdapterSpec, AdapterWeights
+from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+
+
+@dataclass(frozen=True)
+class LoRAOptions(MethodOptions):
+    """LoRA has no options beyond the shared ones (r, alpha, seed)."""
+
+
+class LoRAWeights(AdapterWeights):
+    """Trainable A (down, r × n) and B (up, m × r); no gain. Any r ≥ 1 is valid, also above min(m, n)."""
+
+    def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
+        m, n = Fn.weight_matrix(weight).shape
+        super().__init__(spec.r, spec.scale)
+        generator = torch.Generator().manual_seed(spec.seed)
+        bound = 1.0 / math.sqrt(n)  # kaiming_uniform_(a=√5) on an r×n matrix reduces to U(±1/√n)
+        A = torch.empty(spec.r, n).uniform_(-bound, bound, generator=generator)
+        self.lora_A = nn.Parameter(A.to(weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(m, spec.r, device=weight.device))
+
+    def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
+        return self.lora_A, None, self.lora_B
+
+    @classmethod
+    def trainable_count(cls, options: LoRAOptions, r: int, m: int, n: int) -> int:
+        return r * (m + n)
+
+
+LORA = register_method(
+    Method(
+        name="lora",
+        config_name="LoRAConfig",
+        peft_type="PI_LORA",
+        summary="Vanilla LoRA (Hu et al. 2021): A kaiming-uniform, B = 0, trains r·(m+n) values per matrix.",
+        options=LoRAOptions,
+        weights=LoRAWeights,
+        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
+        rank_bounded=False,
+    )
+)
+LoRAConfig = LORA.config

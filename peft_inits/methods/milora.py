@@ -1,0 +1,48 @@
+"""MiLoRA (Wang et al. 2024, arXiv 2406.09044): PiSSA's construction on the *minor* r singular triplets of W.
+
+The principal subspace, which holds the pretrained knowledge, is left alone and the adapter starts in the
+least-used directions: B₀ = U_m √(Σ_m / scale), A₀ = √(Σ_m / scale) V_mᵀ over the r smallest singular values,
+delta scale·(BA − B₀A₀). The smallest values need the full (exact) SVD; a randomized one finds only the largest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import functional as Fn
+from ..adapters import AdapterSpec
+from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+from .pissa import PiSSAWeights
+
+
+@dataclass(frozen=True)
+class MiLoRAOptions(MethodOptions):
+    """MiLoRA has no options beyond the shared ones: its SVD is always exact."""
+
+
+class MiLoRAWeights(PiSSAWeights):
+    """PiSSA's factors over the r smallest singular triplets."""
+
+    @staticmethod
+    def triplets(weight: Tensor, spec: AdapterSpec) -> Fn.SVDFactors:
+        W = Fn.working_copy(weight, spec.dtype)
+        U, S, Vh = torch.linalg.svd(W, full_matrices=False)
+        r = spec.r
+        return Fn.SVDFactors(U[:, -r:].contiguous(), S[-r:].contiguous(), Vh[-r:].contiguous())
+
+
+MILORA = register_method(
+    Method(
+        name="milora",
+        config_name="MiLoRAConfig",
+        peft_type="PI_MILORA",
+        summary="MiLoRA (arXiv 2406.09044): LoRA started from the minor r singular triplets; delta BA − B₀A₀.",
+        options=MiLoRAOptions,
+        weights=MiLoRAWeights,
+        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
+    )
+)
+MiLoRAConfig = MILORA.config

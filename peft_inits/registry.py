@@ -1,0 +1,180 @@
+"""The method registry: every adapter method is declared once, as a `Method`, in a module of its own.
+
+A method is its name, an options dataclass (each field's metadata carries its help text and, where it has one, its
+`choices`), a weights class (down/gain/up factors, the closed-form trainable count, the descriptor hook) and its
+runner defaults. Everything else — the `peft.PeftConfig` subclass, its PEFT registration, CLI flags, settings, sweep
+keys, export and descriptors — is derived from the registry, so adding a method means adding one file:
+
+    @dataclass(frozen=True)
+    class MyOptions(MethodOptions):
+        knob: float = field(default=0.5, metadata={"help": "what it does"})
+
+    MY_METHOD = register_method(Method("mine", "MyConfig", "MINE", "one line", MyOptions, MyWeights, ...))
+    MyConfig = MY_METHOD.config
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from .adapters import AdapterWeights
+    from .config import AdapterConfig
+
+Rank = Union[int, str]  # an int >= 1, or "full" = the largest rank every targeted matrix allows
+TASK_FAMILIES = ("classifier", "sd")  # runner families whose defaults a method declares
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Base of a method's options: fields with defaults; `metadata={"help": ..., "choices": (...)}` is validated."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _check_type(f.name, value, hints[f.name])
+            choices = f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+        self.check()
+
+    def check(self) -> None:
+        """Cross-field validation of a method (override in the method's options)."""
+
+
+def _check_type(name: str, value: Any, hint: Any) -> None:
+    allowed = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    if value is None and type(None) in allowed:
+        return
+    for kind in allowed:
+        if kind is bool and isinstance(value, bool):
+            return
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return
+        if kind is str and isinstance(value, str):
+            return
+    names = " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in allowed)
+    raise ValueError(f"{name} must be {names}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class RunnerDefaults:
+    """What a runner uses when the user does not say: learning rate and rank."""
+
+    lr: float
+    r: Rank = 8
+
+
+@dataclass
+class Method:
+    """One adapter method, declared once. `config` is filled in by `register_method`."""
+
+    name: str  # "svfit": the key users type (--method svfit, blocks={...: {"method": "svfit"}})
+    config_name: str  # "SVFitConfig": the generated peft.PeftConfig subclass
+    peft_type: str  # "SVFIT": the peft_type saved in adapter_config.json
+    summary: str  # one line: what trains, and the source
+    options: type[MethodOptions]
+    weights: type[AdapterWeights]
+    defaults: Mapping[str, RunnerDefaults] = field(default_factory=dict)  # task family → defaults
+    rank_bounded: bool = True  # r ≤ min(m, n) (a decomposition of W); LoRA is not bounded
+    config: type[AdapterConfig] = field(init=False, repr=False)
+
+    def option_fields(self) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(self.options)
+
+    def make_options(self, values: Mapping[str, Any] | MethodOptions | None = None) -> MethodOptions:
+        """The options instance from a mapping (unknown keys are an error naming the valid ones)."""
+        if isinstance(values, self.options):
+            return values
+        values = dict(values or {})
+        known = {f.name for f in self.option_fields()}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            valid = ", ".join(sorted(known)) or "(none)"
+            raise ValueError(f"{self.name} has no option(s) {unknown}; its options: {valid}")
+        return self.options(**values)
+
+    def max_rank(self, m: int, n: int) -> int | None:
+        """The largest rank this method allows on an m × n matrix (None: unbounded)."""
+        return min(m, n) if self.rank_bounded else None
+
+    def check_rank(self, r: int, m: int, n: int, where: str = "weight") -> None:
+        """The one rank check: an int ≥ 1, and ≤ min(m, n) for methods that decompose W."""
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"{where}: rank must be an int >= 1, got {r!r}")
+        limit = self.max_rank(m, n)
+        if limit is not None and r > limit:
+            raise ValueError(
+                f"rank r={r} is too large for {where} ({m}×{n}): {self.name} keeps at most min(m, n) = {limit} "
+                "components; pass a smaller r (runners: --r full picks the largest valid rank)"
+            )
+
+    def runner_defaults(self, family: str) -> RunnerDefaults:
+        if family not in self.defaults:
+            raise ValueError(f"method {self.name!r} declares no defaults for the {family!r} runners")
+        return self.defaults[family]
+
+
+_METHODS: dict[str, Method] = {}
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add a method to the registry, build its PEFT config class and register it with PEFT. Returns the method.
+
+    Works for methods defined outside this package: after this call `get_peft_model`, `PeftModel.from_pretrained`,
+    the runners' `--method` and `compare --methods` know it.
+    """
+    from .adapters import AdapterWeights
+    from .config import make_config_class
+    from .peft_bridge import register_config
+
+    if not _NAME.fullmatch(method.name):
+        raise ValueError(f"method name {method.name!r} must be lower-case letters, digits and _")
+    if method.name in _METHODS and not replace:
+        raise ValueError(f"a method named {method.name!r} is already registered (pass replace=True to redefine it)")
+    clash = next((m for m in _METHODS.values() if m.peft_type == method.peft_type and m.name != method.name), None)
+    if clash is not None:
+        raise ValueError(f"peft_type {method.peft_type!r} is already used by method {clash.name!r}")
+    if not (dataclasses.is_dataclass(method.options) and issubclass(method.options, MethodOptions)):
+        raise TypeError(f"{method.name}: options must be a MethodOptions dataclass")
+    if not issubclass(method.weights, AdapterWeights):
+        raise TypeError(f"{method.name}: weights must subclass peft_inits.adapters.AdapterWeights")
+    unknown = sorted(set(method.defaults) - set(TASK_FAMILIES))
+    if unknown:
+        raise ValueError(f"{method.name}: unknown runner families {unknown}; known: {', '.join(TASK_FAMILIES)}")
+    method.options()  # the defaults themselves must validate
+    method.weights.method = method.name
+    method.config = make_config_class(method)
+    _METHODS[method.name] = method
+    register_config(method.config)
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method called `name`, or a ValueError listing the valid names."""
+    if name not in _METHODS:
+        raise ValueError(f"unknown adapter method {name!r}; valid methods: {', '.join(_METHODS)}")
+    return _METHODS[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Every registered method, in registration order (the built-ins first)."""
+    return tuple(_METHODS)
+
+
+def methods() -> tuple[Method, ...]:
+    return tuple(_METHODS.values())
+
+
+def method_of_peft_type(peft_type: Any) -> Method | None:
+    key = getattr(peft_type, "value", peft_type)
+    return next((m for m in _METHODS.values() if m.peft_type == key), None)
