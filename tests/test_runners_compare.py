@@ -80,7 +80,8 @@ def test_variants_overrides_and_sweeps():
         "head",
     ]
     assert rows[0].lr == 1e-3 and rows[0].adapter.method == "lora"
-    assert rows[2].adapter.blocks == ["2", "3"] and rows[2].adapter.options == {"z_init": "uniform"} and rows[2].adapter.r == 1
+    assert rows[2].adapter.blocks == ["2", "3"] and rows[2].adapter.r == 1
+    assert rows[2].adapter.options == {"z_init": "uniform"}
     unscoped = build_variants(["lora", "svfit", "full"], BASE, sweeps=["r=2,full"])
     assert [v.label for v in unscoped] == ["lora r=2", "lora r=full", "svfit r=2", "svfit r=full", "full"]
 

@@ -122,7 +122,8 @@ def test_config_file_sets_defaults_and_flags_win(tiny_encoder, sentiment_csv, ca
 def test_unknown_method_is_a_clear_error(capsys):
     with pytest.raises(SystemExit):
         encoder.parse_args(["--method", "dora"])
-    assert "unknown method 'dora'; valid methods: lora, svfit, loldu, pissa, milora, full, head" in capsys.readouterr().err
+    valid = "lora, svfit, loldu, pissa, milora, full, head"
+    assert f"unknown method 'dora'; valid methods: {valid}" in capsys.readouterr().err
 
 
 def test_unknown_config_key_is_a_clear_error(tmp_path, capsys):
@@ -146,7 +147,8 @@ def test_missing_model_path(sentiment_csv, cache, tmp_path):
 
 def test_rank_too_large(tiny_encoder, sentiment_csv, cache, tmp_path):
     args = _args(tiny_encoder, sentiment_csv, tmp_path / "o", cache, "--method", "loldu", "--r", "33")
-    with pytest.raises(ValueError, match=r"rank r=33 is too large for .*query \(32×32\): .* at most min\(m, n\) = 32 .*--r full"):
+    message = r"rank r=33 is too large for .*query \(32×32\): .* at most min\(m, n\) = 32 .*--r full"
+    with pytest.raises(ValueError, match=message):
         encoder.main(encoder.parse_args(args))
 
 
