@@ -25,6 +25,13 @@ def register_config(config_cls: type[AdapterConfig]) -> None:
     mapping.PEFT_TYPE_TO_PREFIX_MAPPING[key] = AdapterModel.prefix
 
 
+def unregister_config(config_cls: type[AdapterConfig]) -> None:
+    """Undo `register_config`."""
+    for table in (mapping.PEFT_TYPE_TO_CONFIG_MAPPING, mapping.PEFT_TYPE_TO_TUNER_MAPPING):
+        table.pop(config_cls.peft_type_name, None)
+    mapping.PEFT_TYPE_TO_PREFIX_MAPPING.pop(config_cls.peft_type_name, None)
+
+
 def register_with_peft() -> None:
     """Register every method of the registry again (e.g. after another library reset PEFT's mappings)."""
     from .registry import methods

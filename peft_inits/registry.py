@@ -159,6 +159,16 @@ def register_method(method: Method, *, replace: bool = False) -> Method:
     return method
 
 
+def unregister_method(name: str) -> Method:
+    """Remove a method (e.g. one a test or notebook registered) from the registry and from PEFT's mappings."""
+    from .peft_bridge import unregister_config
+
+    method = get_method(name)
+    del _METHODS[name]
+    unregister_config(method.config)
+    return method
+
+
 def get_method(name: str) -> Method:
     """The registered method called `name`, or a ValueError listing the valid names."""
     if name not in _METHODS:

@@ -8,10 +8,11 @@ import torch.nn.functional as F
 from model_cases import CASES, ModelCase
 from peft import PeftModel, get_peft_model
 
-from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, SVFitConfig, trainable_count
+from peft_inits import AdapterLayer, trainable_count
 from peft_inits import functional as Fn
+from peft_inits.registry import methods
 
-CONFIGS = {"lora": LoRAConfig, "svfit": SVFitConfig, "loldu": LoLDUConfig}
+CONFIGS = {method.name: method.config for method in methods()}  # every registered method
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RANK = 2
 
@@ -58,7 +59,7 @@ def _build(case: ModelCase, method: str, dtype: torch.dtype):
 
 
 def _closed_form_count(case: ModelCase, method: str) -> int:
-    """Σ over the dry-run targets of LoRA r(m+n) / SVFit r / LoLDU r."""
+    """Σ over the dry-run targets of each method's closed form (LoRA, PiSSA, MiLoRA r(m+n); SVFit, LoLDU r)."""
     base = case.build()
     config = _config(method, case)
     modules = dict(base.named_modules())
@@ -103,7 +104,7 @@ def test_identity_count_delta_merge_export(case: ModelCase, method: str, dtype: 
         assert _rel_err(layer.delta_forward(x, "default"), want) < 1e-5
         # the exported LoRA pair reproduces ΔW to fp32 precision
         A, B = Fn.lora_pair(*layer.adapter("default").factors(), layer.adapter("default").scale)
-        assert A.shape[0] == B.shape[1] == layer.adapter("default").r
+        assert A.shape[0] == B.shape[1] <= 2 * layer.adapter("default").r  # PiSSA/MiLoRA: BA − B₀A₀, rank ≤ 2r
         assert _rel_err(B @ A, Fn.weight_matrix(dW)) < 1e-6
 
     adapted = case.run(model, dtype)

@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
 from peft_inits.export import export_kohya, export_peft_lora, kohya_key, lora_pairs
+from peft_inits.registry import methods
 
-CONFIGS = {"lora": LoRAConfig, "svfit": SVFitConfig, "loldu": LoLDUConfig}
+CONFIGS = {method.name: method.config for method in methods()}
 
 
 def _perturb(model) -> None:

@@ -15,8 +15,9 @@ from runner_helpers import ROOT, Crash, crash_at, load_script, write_sentiment_c
 from peft_inits.checkpoint import load_adapter
 from peft_inits.training import encoder
 from peft_inits.training.rundir import read_records, without_timing
+from peft_inits.training.settings import all_methods
 
-METHODS = ["lora", "svfit", "loldu", "full", "head"]
+METHODS = list(all_methods())
 
 pytest_plugins = ("runner_fixtures",)
 

@@ -13,8 +13,9 @@ from tiny_models import timm_like_vit
 
 from peft_inits.training import vit
 from peft_inits.training.rundir import read_records, without_timing
+from peft_inits.training.settings import all_methods
 
-METHODS = ["lora", "svfit", "loldu", "full", "head"]
+METHODS = list(all_methods())
 
 pytest_plugins = ("runner_fixtures",)
 
