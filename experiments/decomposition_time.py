@@ -54,9 +54,9 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
     torch.set_num_threads(args.threads)
     specs = {
         "svd exact": AdapterSpec("svfit", args.r),
-        "svd randomized": AdapterSpec("svfit", args.r, svd="randomized"),
-        "ldu truncated": AdapterSpec("loldu", args.r, ldu_method="truncated"),
-        "ldu full": AdapterSpec("loldu", args.r, ldu_method="full"),
+        "svd randomized": AdapterSpec("svfit", args.r, options={"svd": "randomized"}),
+        "ldu truncated": AdapterSpec("loldu", args.r, options={"ldu_method": "truncated"}),
+        "ldu full": AdapterSpec("loldu", args.r, options={"ldu_method": "full"}),
     }
     generator = torch.Generator().manual_seed(0)
     rows = []

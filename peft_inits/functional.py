@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LOLDU_Z_INITS = ("lu", "uniform", "s_uniform", "normal", "s_normal", "constant", "ones", "zeros")
 FINGERPRINT_SEED = 20241017
 
 
@@ -374,31 +373,6 @@ def captured_energy(weight: Tensor, approx: Tensor) -> float:
     if total == 0:
         return 1.0
     return 1.0 - float(torch.linalg.norm(W - approx.double().reshape(W.shape))) ** 2 / total
-
-
-def loldu_z_init(D: Tensor, init: str, generator: torch.Generator | None = None) -> Tensor:
-    """Initial z of LoLDU for each option of the official code; only `lu` (z₀ = D_r) is the identity at step 0."""
-    r = D.shape[0]
-    kw = {"dtype": D.dtype, "device": D.device, "generator": generator}
-    if init == "lu":
-        return D.clone()
-    if init == "uniform":
-        half = float(D.mean()) / 2
-        return torch.empty(r, dtype=D.dtype, device=D.device).uniform_(-abs(half), abs(half), generator=generator)
-    if init == "s_uniform":
-        return torch.empty(r, dtype=D.dtype, device=D.device).uniform_(-1.0, 1.0, generator=generator)
-    if init == "normal":
-        std = float(D.std()) if r > 1 else 0.0
-        return float(D.mean()) + std * torch.randn(r, **kw)
-    if init == "s_normal":
-        return torch.randn(r, **kw)
-    if init == "constant":
-        return torch.full((r,), float(D.mean()), dtype=D.dtype, device=D.device)
-    if init == "ones":
-        return torch.ones_like(D)
-    if init == "zeros":
-        return torch.zeros_like(D)
-    raise ValueError(f"unknown LoLDU z init {init!r}; choose one of {', '.join(LOLDU_Z_INITS)}")
 
 
 # --------------------------------------------------------------------------------------------------- gains

@@ -246,19 +246,6 @@ def test_conv_delta_equals_conv_with_delta_weight():
     assert torch.allclose(got, want, atol=1e-5)
 
 
-@pytest.mark.parametrize("init", Fn.LOLDU_Z_INITS)
-def test_loldu_z_inits(init):
-    D = torch.tensor([2.0, -1.0, 4.0, 3.0])
-    z = Fn.loldu_z_init(D, init, torch.Generator().manual_seed(0))
-    assert z.shape == D.shape and torch.isfinite(z).all()
-    identity = torch.equal(Fn.loldu_gain(z, D, 1.0, 1.0), torch.zeros(4))
-    assert identity == (init == "lu")
-    if init == "uniform":
-        assert z.abs().max() <= D.mean() / 2
-    if init == "constant":
-        assert torch.equal(z, torch.full((4,), 2.0))
-
-
 def test_fingerprint_tells_weights_apart_and_survives_dtype_round_trip():
     W = _random(32, 16, dtype=torch.float32)
     fp = Fn.weight_fingerprint(W)

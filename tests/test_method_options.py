@@ -9,7 +9,7 @@ from peft import PeftModel, get_peft_model
 
 from peft_inits import LoLDUConfig, SVFitConfig
 from peft_inits import functional as Fn
-from peft_inits.methods.loldu import IDENTITY_Z_INITS, Z_INITS
+from peft_inits.methods.loldu import IDENTITY_Z_INITS, Z_INITS, initial_z
 
 X = torch.randn(5, 13, generator=torch.Generator().manual_seed(0))
 
@@ -102,3 +102,14 @@ def test_trainable_sigma_gets_a_gradient_and_is_saved(tmp_path):
     loaded = PeftModel.from_pretrained(_mlp(), tmp_path)
     assert float(loaded.base_model.model.fc1.adapter("default").sigma) == pytest.approx(1.7)
     assert torch.equal(loaded(X), model(X))
+
+
+@pytest.mark.parametrize("init", Z_INITS)
+def test_loldu_initial_z(init):
+    D = torch.tensor([2.0, -1.0, 4.0, 3.0])
+    z = initial_z(D, init, torch.Generator().manual_seed(0))
+    assert z.shape == D.shape and torch.isfinite(z).all()
+    if init == "uniform":
+        assert z.abs().max() <= D.mean() / 2
+    if init == "constant":
+        assert torch.equal(z, torch.full((4,), 2.0))

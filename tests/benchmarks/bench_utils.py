@@ -108,7 +108,7 @@ def _perturb_trainables(module: nn.Module, seed: int = 0) -> None:
 def adapter_spec(method: str, r: int) -> AdapterSpec:
     """Benchmark specs: alpha = r (scale 1); SVFit factors from a randomized SVD (init time is measured elsewhere)."""
     if method == "svfit":
-        return AdapterSpec(method="svfit", r=r, svd="randomized", svd_niter=1)
+        return AdapterSpec(method="svfit", r=r, options={"svd": "randomized", "svd_niter": 1})
     return AdapterSpec(method=method, r=r)
 
 
