@@ -9,6 +9,9 @@ enough to refuse an adapter that is loaded onto a different base model. The meth
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +22,28 @@ from . import functional as Fn
 from .registry import MethodOptions, get_method
 
 DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# Relative tolerance of a saved reference (σ_r, D_r) against its recomputed value, by the coarser of the dtypes
+# involved (the saved tensor's and the base weight's): decomposition noise in fp32, rounding of the weights or of
+# the saved values in half precision.
+REFERENCE_RTOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+_ALLOW_OTHER_BASE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_other_base", default=False)
+
+Commit = Callable[[], None]  # applies what a verified load needs (e.g. re-pinned factors); runs after every check
+
+
+@contextlib.contextmanager
+def allow_other_base() -> Iterator[None]:
+    """Load adapters whose base-weight fingerprint differs from the model's (on purpose: e.g. a LoRA moved to a
+    fine-tuned copy of its base). Methods whose factors come from the base still refuse a mismatched reference."""
+    token = _ALLOW_OTHER_BASE.set(True)
+    try:
+        yield
+    finally:
+        _ALLOW_OTHER_BASE.reset(token)
+
+
+def reference_rtol(*dtypes: torch.dtype) -> float:
+    return max(REFERENCE_RTOL.get(dtype, 1e-3) for dtype in dtypes)
 
 
 @dataclass(frozen=True)
@@ -79,6 +104,34 @@ class AdapterWeights(nn.Module):
         """The trained gain relative to its init, one value per component; None for methods without a gain."""
         return None
 
+    def attach_fingerprint(self, weight: Tensor) -> None:
+        """Record which base weight this adapter was built on (saved with it, checked on load)."""
+        self.register_buffer("fingerprint", _fingerprint_bits(weight))
+
+    def verify(self, state: Mapping[str, Tensor], where: str, weight: Tensor | None) -> Commit | None:
+        """Check tensors about to be loaded into this adapter (keys without prefix) against the live base `weight`
+        (None: unknown); raise a ValueError naming `where` and the problem. May return a commit to run once every
+        check of the load passed."""
+        saved = state.get("fingerprint")
+        if saved is None:
+            raise ValueError(f"{where}: adapter file has no base-weight fingerprint; refusing to load it")
+        stored = saved.view(torch.float64) if saved.dtype == torch.int64 else saved.double()
+        own = self.fingerprint.view(torch.float64)
+        if (stored.shape != (4,) or not Fn.fingerprints_match(stored, own)) and not _ALLOW_OTHER_BASE.get():
+            raise ValueError(
+                f"{where}: this {self.method} adapter was trained on a different base weight (fingerprint "
+                f"{stored.tolist()} vs {own.tolist()}); load it onto the model it was made for, or on purpose "
+                "inside peft_inits.adapters.allow_other_base()"
+            )
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # The tuner verifies a whole file before anything loads; this covers modules loaded on their own.
+        owned = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if owned:
+            self.verify(owned, prefix.rstrip(".") or self.method, None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
     def extra_repr(self) -> str:
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
 
@@ -95,45 +148,52 @@ def _fingerprint_bits(weight: Tensor) -> Tensor:
 
 
 class DecomposedWeights(AdapterWeights):
-    """Storage and load-time verification of methods whose frozen factors come from a decomposition of W."""
+    """Storage and load-time verification of methods whose frozen factors come from a decomposition of W: the
+    factors are recomputed from the live base weight, so a saved reference (σ_r, D_r, ...) must match them."""
 
     reference_name: ClassVar[str]  # a saved buffer that must match its recomputed value on load
 
     def store_factors(self, weight: Tensor, down: Tensor, up: Tensor, embed: bool) -> None:
         self.register_buffer("down", down.contiguous(), persistent=embed)
         self.register_buffer("up", up.contiguous(), persistent=embed)
-        self.register_buffer("fingerprint", _fingerprint_bits(weight))
         self.embed_factors = embed
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        where = prefix.rstrip(".") or self.method
-        saved_fp = state_dict.get(prefix + "fingerprint")
-        owned = [k for k in state_dict if k.startswith(prefix)]
-        if owned and saved_fp is None:
-            raise ValueError(f"{where}: adapter checkpoint has no base-weight fingerprint; refusing to load it")
-        if saved_fp is not None:
-            stored = saved_fp.view(torch.float64) if saved_fp.dtype == torch.int64 else saved_fp.double()
-            if stored.shape != (4,) or not Fn.fingerprints_match(stored, self.fingerprint.view(torch.float64)):
-                raise ValueError(
-                    f"{where}: this {self.method} adapter was trained on a different base weight (fingerprint "
-                    f"{stored.tolist()} vs {self.fingerprint.view(torch.float64).tolist()}); load it onto the model "
-                    "it was made for"
-                )
-        saved_ref = state_dict.get(prefix + self.reference_name)
+    def verify(self, state: Mapping[str, Tensor], where: str, weight: Tensor | None) -> Commit | None:
+        commit = super().verify(state, where, weight)
+        saved_ref = state.get(self.reference_name)
         own_ref = getattr(self, self.reference_name)
-        if saved_ref is not None and saved_ref.shape != own_ref.shape:
+        if saved_ref is None:
+            raise ValueError(f"{where}: adapter file has no {self.reference_name}; refusing to load it")
+        if saved_ref.shape != own_ref.shape:
             raise ValueError(
                 f"{where}: checkpoint has rank {saved_ref.shape[0]} but this model's adapter has rank "
                 f"{own_ref.shape[0]}; build the model with the checkpoint's config"
             )
-        if saved_ref is not None and prefix + "down" not in state_dict:
-            tol = 1e-3 * float(own_ref.abs().max().clamp_min(1e-12))
-            if not torch.allclose(saved_ref.to(own_ref), own_ref, rtol=1e-3, atol=tol):
-                raise ValueError(
-                    f"{where}: recomputed {self.reference_name} differs from the saved one; the base weight or the "
-                    "decomposition options differ from training (save with embed_factors=True to pin the factors)"
-                )
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if "down" in state:  # embedded factors are loaded as saved: nothing to recompute
+            return commit
+        repinned = None if weight is None else self.repin(state, weight)
+        ref = own_ref if repinned is None else repinned[self.reference_name]
+        rtol = reference_rtol(saved_ref.dtype, *(() if weight is None else (weight.dtype,)))
+        tol = rtol * float(ref.abs().max().clamp_min(1e-12))
+        if not torch.allclose(saved_ref.to(ref), ref, rtol=rtol, atol=tol):
+            raise ValueError(
+                f"{where}: recomputed {self.reference_name} differs from the saved one (beyond the {rtol:g} relative "
+                f"tolerance for {saved_ref.dtype} values); the base weight or the decomposition options differ from "
+                "training (save with embed_factors=True to pin the factors)"
+            )
+        if repinned is None:
+            return commit
+
+        def apply() -> None:
+            for name, value in repinned.items():
+                getattr(self, name).copy_(value)
+
+        return apply
+
+    def repin(self, state: Mapping[str, Tensor], weight: Tensor) -> dict[str, Tensor] | None:
+        """Buffers recomputed to follow choices saved in the file (e.g. LoLDU's pivot order, which a half-precision
+        copy of the base may break), or None when the recomputed factors already follow them."""
+        return None
 
 
 def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
@@ -142,7 +202,9 @@ def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
     Fn.check_finite(weight, "base weight")
-    return method.weights(weight, spec)
+    adapter = method.weights(weight, spec)
+    adapter.attach_fingerprint(weight)
+    return adapter
 
 
 def trainable_count(spec: AdapterSpec, m: int, n: int) -> int:

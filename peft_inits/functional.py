@@ -362,6 +362,40 @@ def pivoted_ldu(
     return LDUFactors(f.perm, f.L[:, :r], f.D[:r], f.U[:r], f.col_perm)
 
 
+def ldu_with_pivots(
+    weight: Tensor, rows: Tensor, cols: Tensor | None = None, *, dtype: torch.dtype = torch.float32
+) -> LDUFactors:
+    """The first r steps of an LDU whose pivot positions are given (step k eliminates at row `rows[k]`, column
+    `cols[k]`; `cols=None` = columns 0..r−1, partial pivoting). No search: the same left-looking recurrences as
+    `pivoted_ldu`, so a weight that was rounded (e.g. a bf16 copy) gets the factors of the original pivot order."""
+    W = weight_matrix(weight.detach())
+    m, n = W.shape
+    r = int(rows.numel())
+    check_rank(r, m, n)
+    tol = pivot_tolerance(W)
+    row_list = [int(i) for i in rows.tolist()]
+    col_list = list(range(r)) if cols is None else [int(j) for j in cols.tolist()]
+    L = torch.zeros(m, r, dtype=dtype, device=W.device)
+    packed = torch.zeros(r, n, dtype=dtype, device=W.device)  # eliminated rows D_k·U_k, weight column order
+    for k, (p, c) in enumerate(zip(row_list, col_list, strict=True)):
+        col = W[:, c].to(dtype) - L[:, :k] @ packed[:k, c]
+        row = W[p].to(dtype) - L[p, :k] @ packed[:k]
+        row[col_list[:k]] = 0.0
+        pivot = col[p].clone()
+        row[c] = pivot
+        packed[k] = row
+        if pivot.abs() > tol:
+            col /= pivot
+            col[row_list[:k]] = 0.0
+            L[:, k] = col
+        L[p, k] = 1.0
+    order = _full_order(row_list, m, W.device)
+    if cols is None:
+        return _finish(order, L[order], torch.triu(packed), tol)
+    col_order = _full_order(col_list, n, W.device)
+    return _finish(order, L[order], torch.triu(packed[:, col_order]), tol, col_order)
+
+
 def captured_energy(weight: Tensor, approx: Tensor) -> float:
     """Fraction of W's energy a rank-r term captures: 1 − ‖W − W_r‖²_F / ‖W‖²_F (float64).
 

@@ -1,4 +1,9 @@
-"""The injector: a `peft` BaseTuner that places `AdapterLayer`s where the block-selection layer says."""
+"""The injector: a `peft` BaseTuner that places `AdapterLayer`s where the block-selection layer says.
+
+Injection and loading are transactional (`peft_inits.loading`): a failed injection removes what it added, and a
+state dict is checked as a whole before any tensor of it is copied; when it is refused, an adapter that has never
+held loaded weights (e.g. the one `PeftModel.from_pretrained` just injected) is removed again.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from torch import nn
 from .blocks import Target
 from .config import AdapterConfig
 from .layers import AdapterLayer, check_supported
+from .loading import check_adapter_state, remove_adapter
 
 
 class AdapterModel(BaseTuner):
@@ -30,11 +36,36 @@ class AdapterModel(BaseTuner):
             check_supported(module.get_base_layer() if isinstance(module, AdapterLayer) else module, target.name)
         self._plans()[id(peft_config)] = {target.name: target for target in targets}
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        except BaseException:
+            remove_adapter(model, adapter_name)
+            self.peft_config.pop(adapter_name, None)
+            raise
+        self._state()["fresh"].add(adapter_name)
+        if not self._state()["hooked"]:
+            self.register_load_state_dict_pre_hook(_check_before_loading)
+            self._state()["hooked"] = True
+
+    def refuse_load(self, adapter_names: set[str]) -> None:
+        """Undo the adapters among `adapter_names` that never held loaded weights (the load that failed added them)."""
+        for name in adapter_names & self._state()["fresh"]:
+            remove_adapter(self.model, name)
+            self.peft_config.pop(name, None)
+            self._state()["fresh"].discard(name)
+        if not self.peft_config and "peft_config" in self.model.__dict__:
+            del self.model.peft_config
+
+    def _state(self) -> dict:
+        """Bookkeeping kept on the tuner (BaseTuner injects before our __init__ body could set attributes)."""
+        if "_pi_state" not in self.__dict__:
+            self.__dict__["_pi_state"] = {"plans": {}, "fresh": set(), "hooked": False}
+        return self.__dict__["_pi_state"]
+
     def _plans(self) -> dict[int, dict[str, Target]]:
-        """Resolved plans by config object, kept on the tuner (BaseTuner injects before our __init__ body runs)."""
-        if "_resolved_plans" not in self.__dict__:
-            self.__dict__["_resolved_plans"] = {}
-        return self.__dict__["_resolved_plans"]
+        """Resolved plans by config object."""
+        return self._state()["plans"]
 
     def _check_target_module_exists(self, peft_config: AdapterConfig, key: str) -> bool:
         return key in self._plans().get(id(peft_config), {})
@@ -57,3 +88,21 @@ class AdapterModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
+
+
+def _check_before_loading(tuner: AdapterModel, state_dict, prefix, *args, **kwargs) -> None:
+    """load_state_dict pre-hook of the tuner: the whole file is validated before any child module copies a tensor."""
+    inner = prefix + "model."
+    loading = {
+        key[len(inner) :].split(".pi_adapters.", 1)[1].split(".", 1)[0]
+        for key in state_dict
+        if key.startswith(inner) and ".pi_adapters." in key
+    }
+    try:
+        commits = check_adapter_state(tuner.model, state_dict, inner)
+    except ValueError:
+        tuner.refuse_load(loading)
+        raise
+    for commit in commits:
+        commit()
+    tuner._state()["fresh"] -= loading

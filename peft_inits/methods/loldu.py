@@ -77,8 +77,13 @@ class LoLDUWeights(DecomposedWeights):
         options: LoLDUOptions = spec.options
         f = Fn.pivoted_ldu(weight, spec.r, method=options.ldu_method, pivoting=options.pivoting, dtype=spec.dtype)
         super().__init__(spec.r, 1.0)
+        self.decompose_dtype = spec.dtype
         self.store_factors(weight, f.down().float(), f.up().float(), spec.embed_factors)
         self.register_buffer("D", f.D.float())
+        # The pivot order is saved so a reload onto a rounded copy of the base (bf16, fp16) can follow it.
+        self.register_buffer("pivot_rows", f.perm[: spec.r].clone())
+        cols = f.col_perm[: spec.r].clone() if f.col_perm is not None else torch.empty(0, dtype=torch.long)
+        self.register_buffer("pivot_cols", cols.to(f.perm.device))
         sigma = torch.tensor(spec.scale)
         self.register_buffer("sigma0", sigma.clone())
         if options.train_sigma:
@@ -96,6 +101,18 @@ class LoLDUWeights(DecomposedWeights):
     @classmethod
     def trainable_count(cls, options: LoLDUOptions, r: int, m: int, n: int) -> int:
         return r + int(options.train_sigma)
+
+    def repin(self, state, weight: Tensor) -> dict[str, Tensor] | None:
+        rows, cols = state.get("pivot_rows"), state.get("pivot_cols")
+        if rows is None or cols is None:
+            raise ValueError("LoLDU adapter file has no pivot order (pivot_rows / pivot_cols)")
+        if rows.shape != self.pivot_rows.shape or cols.shape != self.pivot_cols.shape:
+            return None  # a rank or pivoting mismatch: the reference check reports it
+        if torch.equal(rows.cpu(), self.pivot_rows.cpu()) and torch.equal(cols.cpu(), self.pivot_cols.cpu()):
+            return None
+        f = Fn.ldu_with_pivots(weight, rows, cols if cols.numel() else None, dtype=self.decompose_dtype)
+        device = self.D.device
+        return {"down": f.down().float().to(device), "up": f.up().float().to(device), "D": f.D.float().to(device)}
 
     def relative_gain(self) -> Tensor:
         init = self.sigma0 * self.z_ref

@@ -1,0 +1,107 @@
+"""Transactional loading: a whole adapter file is checked before any tensor is copied, and a refused load (or a failed
+injection) takes the half-added adapter out again, so the model is left exactly as it was.
+
+The checks: every tensor the model's adapter layers expect is present (missing keys are errors, not PEFT's warning),
+none is left over (a tensor for a module the config does not adapt), dtypes are of the right kind (an integer tensor
+where a float belongs is a damaged header), float values are finite, and each method's own `verify` (base-weight
+fingerprint, rank, recomputed references) passes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+
+from .adapters import Commit
+from .layers import AdapterLayer
+
+_ADAPTER_KEY = re.compile(r"(?P<layer>.+)\.pi_adapters\.(?P<adapter>[^.]+)\.(?P<tensor>.+)")
+
+
+def adapter_layers(model: nn.Module, adapter_name: str) -> dict[str, AdapterLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer) and adapter_name in m.pi_adapters}
+
+
+def remove_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Take `adapter_name` out of every layer; a layer left without adapters is replaced by its base layer again."""
+    for name, layer in adapter_layers(model, adapter_name).items():
+        if layer.merged:
+            layer.unmerge()
+        del layer.pi_adapters[adapter_name]
+        layer.adapter_weights.pop(adapter_name, None)
+        if len(layer.pi_adapters) == 0:
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, layer.get_base_layer())
+        else:
+            remaining = [a for a in layer.active_adapters if a != adapter_name] or [next(iter(layer.pi_adapters))]
+            layer.set_adapter(remaining)
+
+
+def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[Commit]:
+    """Validate every adapter tensor of `state_dict` (keys `prefix` + module path in `model`) before anything loads.
+
+    Adapters that appear in the state dict must be complete in it. Returns the commits of the methods' checks.
+    """
+    found: dict[tuple[str, str], dict[str, Tensor]] = {}
+    for key, value in state_dict.items():
+        if not key.startswith(prefix):
+            continue
+        match = _ADAPTER_KEY.fullmatch(key[len(prefix) :])
+        if match:
+            found.setdefault((match["layer"], match["adapter"]), {})[match["tensor"]] = value
+    if not found:
+        return []
+    loading = {adapter for _, adapter in found}
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
+    stray = sorted(
+        f"{layer} ({adapter})"
+        for layer, adapter in found
+        if adapter not in getattr(layers.get(layer), "pi_adapters", {})
+    )
+    if stray:
+        shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
+        raise ValueError(
+            f"the adapter file holds tensors for modules this model's config does not adapt: {shown}; its "
+            "target_modules / blocks and the file disagree"
+        )
+    commits: list[Commit] = []
+    for name, layer in layers.items():
+        for adapter_name in loading & set(layer.pi_adapters):
+            where = f"{name} ({adapter_name})"
+            saved = found.get((name, adapter_name), {})
+            weights = layer.pi_adapters[adapter_name]
+            expected = weights.state_dict()
+            missing = sorted(set(expected) - set(saved))
+            if missing:
+                raise ValueError(f"{where}: the adapter file lacks {missing}; it is incomplete or damaged")
+            extra = sorted(set(saved) - set(expected))
+            if extra:
+                raise ValueError(f"{where}: the adapter file has unexpected tensors {extra} for this method")
+            for tensor_name, value in saved.items():
+                _check_tensor(f"{where}: {tensor_name}", value, expected[tensor_name])
+            commit = weights.verify(saved, where, layer.get_base_layer().weight)
+            for tensor_name, value in saved.items():
+                if value.shape != expected[tensor_name].shape:
+                    raise ValueError(
+                        f"{where}: {tensor_name} has shape {tuple(value.shape)} in the file but "
+                        f"{tuple(expected[tensor_name].shape)} in the model; build the model with the file's config"
+                    )
+            if commit is not None:
+                commits.append(commit)
+    return commits
+
+
+def _check_tensor(where: str, value: Tensor, own: Tensor) -> None:
+    if own.is_floating_point() != value.is_floating_point() or (
+        not own.is_floating_point() and own.dtype != value.dtype
+    ):
+        raise ValueError(f"{where} is stored as {value.dtype} but must be {own.dtype}: the file is damaged")
+    if value.is_floating_point() and value.device.type != "meta" and value.numel():
+        lo, hi = torch.aminmax(value.detach())
+        if not (torch.isfinite(lo) and torch.isfinite(hi)):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{where} holds {bad} non-finite values (inf/NaN); refusing to load it")
