@@ -169,11 +169,13 @@ def replace_directory(directory: str | os.PathLike, keep_other_files: bool = Tru
     try:
         os.chmod(tmp, 0o777 & ~umask())
         yield tmp
+        mode = 0o666 & ~umask()
+        for entry in tmp.iterdir():  # some writers (safetensors) create 0600 files whatever the umask
+            if entry.is_file() and not entry.is_symlink():
+                os.chmod(entry, mode)
+                _fsync(entry)
         if keep_other_files and directory.is_dir():
             _carry_over(directory, tmp)
-        for entry in tmp.iterdir():
-            if entry.is_file() and not entry.is_symlink():
-                _fsync(entry)
         _fsync(tmp)
         if directory.exists():
             old = directory.parent / f".{directory.name}{_OLD_DIR}{secrets.token_hex(4)}"
