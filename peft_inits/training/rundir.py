@@ -17,6 +17,7 @@ import platform
 import shutil
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from importlib import metadata
@@ -90,7 +91,13 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout:
-            owner = self.owner() or {}
+            owner = self.owner()
+            for _ in range(20):  # a holder that just got the lock writes its record a moment later
+                if owner is not None:
+                    break
+                time.sleep(0.025)
+                owner = self.owner()
+            owner = owner or {}
             who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')} (since {owner.get('started', '?')})"
             raise RunDirBusy(
                 f"{self.path} is in use by another run: {who} is writing it; wait for it to finish, stop it, or "
