@@ -48,7 +48,7 @@ def adapter_dirs(root: str | Path) -> list[Path]:
     """
     root = Path(root)
     found = set()
-    for config in root.rglob("adapter_config.json"):
+    for config in list(root.rglob("adapter_config.json")):  # listed first: recovery renames folders
         directory = config.parent
         leftover = next((m for part in directory.relative_to(root).parts if (m := _LEFTOVER.fullmatch(part))), None)
         if leftover is None:
