@@ -8,7 +8,7 @@ the file.
 Every safetensors file written here carries a sha256 of its tensors (names, dtypes, shapes and bytes) in its
 metadata under `peft_inits.sha256`; `load_tensors` recomputes it, so a flipped byte, an edited header (e.g. a dtype
 changed from F32 to I32) or a file spliced from two saves is refused. Files without that key (written by PEFT
-itself, other tools or peft_inits before 0.2) still load, unverified.
+itself, other tools or earlier peft_inits 0.1 builds) still load, unverified.
 """
 
 from __future__ import annotations
