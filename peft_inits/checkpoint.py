@@ -53,7 +53,10 @@ def tensor_checksum(tensors: Mapping[str, Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
         tensor = tensors[name].detach()
-        data = tensor.contiguous().cpu().reshape(-1).view(torch.uint8)
+        flat = tensor.cpu().reshape(-1)
+        if flat.numel() and flat.stride(0) != 1:  # e.g. one element sliced out of a row: "contiguous", stride ≠ 1
+            flat = torch.empty(flat.shape, dtype=flat.dtype).copy_(flat)
+        data = flat.view(torch.uint8)
         digest.update(
             f"{name}\0{str(tensor.dtype).removeprefix('torch.')}\0{tuple(tensor.shape)}\0{data.numel()}\0".encode()
         )

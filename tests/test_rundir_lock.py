@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -45,6 +46,31 @@ def test_metrics_cannot_be_written_without_the_lock(tmp_path):
         run.log({"step": 1})
     with pytest.raises(RuntimeError, match=r"cannot truncate metrics\.jsonl"):
         run.truncate_metrics(0)
+
+
+def test_the_lock_belongs_to_the_process_not_the_thread(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.prepare(CONFIG, resume=False, overwrite=False)
+    worker = threading.Thread(target=run.log, args=({"type": "train", "step": 1},))
+    worker.start()
+    worker.join()
+    assert read_records(run.metrics_path) == [{"type": "train", "step": 1}]
+    run.unlock()
+
+
+def test_damaged_run_files_get_errors_naming_them(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.prepare(CONFIG, resume=False, overwrite=False)
+    run.log({"type": "train", "step": 1})
+    with open(run.metrics_path, "a") as handle:
+        handle.write('{"type": "tra\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl line 2 is not a JSON record"):
+        run.records()
+    (run.path / "config.json").write_text("[1]")
+    run.unlock()
+    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object"):
+        RunDir(run.path).prepare(CONFIG, resume=True, overwrite=False)
+    assert RunDir(run.path).lock().owner()["pid"] == os.getpid()  # the refused start released the lock
 
 
 def test_overwrite_keeps_the_lock_file_it_holds(tmp_path):

@@ -243,3 +243,13 @@ def test_a_damaged_checkpoint_tensor_file_is_refused(tmp_path):
     (path / "optimizer.safetensors").write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"optimizer\.safetensors is damaged"):
         state.load(path)
+
+
+def test_checksums_of_oddly_strided_tensors_round_trip(tmp_path):
+    rows = torch.randn(5, 33)
+    odd = {"one": rows[:1, 3], "column": rows[:, :1].t(), "scalar": torch.tensor(2.0), "empty": torch.empty(0, 3)}
+    assert odd["one"].is_contiguous() and odd["one"].stride() == (33,)  # what a 1-row slice gives
+    save_tensors(odd, tmp_path / "odd.safetensors")
+    loaded = load_tensors(tmp_path / "odd.safetensors")
+    assert tensor_checksum(loaded) == tensor_checksum(odd)
+    assert all(torch.equal(loaded[k], v) for k, v in odd.items())

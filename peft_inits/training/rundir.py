@@ -87,7 +87,7 @@ class RunDir:
         if self.locked:
             return self
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path / LOCK_NAME), timeout=0)
+        lock = FileLock(str(self.path / LOCK_NAME), timeout=0, thread_local=False)  # held by the process
         try:
             lock.acquire()
         except Timeout:
@@ -165,10 +165,24 @@ class RunDir:
         A fresh run refuses a folder that already holds a run (unless `overwrite`); `resume` refuses a folder whose
         run was started with different settings, since its metrics could not continue the same curve.
         """
+        held = self.locked
         self.lock()
+        try:
+            return self._prepare(config, resume=resume, overwrite=overwrite)
+        except BaseException:
+            if not held:  # a refused start does not keep the folder locked
+                self.unlock()
+            raise
+
+    def _prepare(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
         existing = self.path / "config.json"
         if resume and existing.is_file():
-            saved = json.loads(existing.read_text())
+            try:
+                saved = json.loads(existing.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ValueError(f"cannot resume {self.path}: {existing} is not valid JSON ({exc})") from exc
+            if not isinstance(saved, dict):
+                raise ValueError(f"cannot resume {self.path}: {existing} must hold a JSON object")
             changed = sorted(
                 key for key in set(saved) | set(config) if key not in _RESUME_FREE and saved.get(key) != config.get(key)
             )
@@ -224,7 +238,14 @@ def read_records(path: str | os.PathLike, kind: str | None = None) -> list[dict[
     path = Path(path)
     if not path.is_file():
         return []
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {number} is not a JSON record ({exc}): {line[:60]!r}") from exc
     return [r for r in records if kind is None or r.get("type") == kind]
 
 
