@@ -119,6 +119,24 @@ def test_stale_temp_files_and_dirs_are_removed_by_the_next_save(tmp_path):
     assert sorted(p.name for p in path.iterdir()) == FILES
 
 
+def test_saving_through_a_symlinked_directory_replaces_its_target(tmp_path):
+    real = save_adapter(_adapter(2, 1.5), tmp_path / "store" / "adapter")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    new = _adapter(3, 0.5)
+    save_adapter(new, tmp_path / "link")
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "link").resolve() == real
+    assert _version(tmp_path / "link", {"new": _state(new)}) == "new"
+    assert sorted(p.name for p in real.parent.iterdir()) == ["adapter"]
+
+
+def test_a_file_in_the_way_is_not_replaced_by_an_adapter_directory(tmp_path):
+    (tmp_path / "adapter").write_text("my notes")
+    with pytest.raises(NotADirectoryError, match="exists and is not a directory; refusing to replace it"):
+        save_adapter(_adapter(2, 1.5), tmp_path / "adapter")
+    assert (tmp_path / "adapter").read_text() == "my notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
 def test_export_replaces_its_directory_as_a_whole(tmp_path):
     export_peft_lora(_adapter(3, 1.5), tmp_path / "export")
     (tmp_path / "export" / ".adapter_config.json.zzz.tmp").write_text("x")

@@ -9,12 +9,14 @@ import multiprocessing
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 
 import pytest
 from runner_helpers import Crash, crash_at
 
+from peft_inits.atomic import umask
 from peft_inits.training import encoder, runner
 from peft_inits.training.cli import run_script
 from peft_inits.training.rundir import LOCK_NAME, OWNER_NAME, RunDir, RunDirBusy, StaleLockWarning, read_records
@@ -174,6 +176,12 @@ def test_a_run_holds_its_lock_for_its_lifetime_and_releases_it_on_errors(
     assert summary["resumed_from"] == 2 and checks == [out, out]
     assert [r["step"] for r in read_records(out / "metrics.jsonl", "train")] == [1, 2, 3, 4]
     RunDir(out).lock().unlock()  # free after a clean finish
+    mask = umask()  # every file of the run (JSON, JSONL, weights, checkpoints, PNG) gets the umask's permissions
+    modes = {p.relative_to(out).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in out.rglob("*")}
+    assert {"summary.json", "weights/adapter_model.safetensors", "loss.png"} <= set(modes)
+    assert any(name.endswith("rng-0.safetensors") for name in modes)
+    expected = {name: (0o777 if (out / name).is_dir() else 0o666) & ~mask for name in modes}
+    assert modes == expected
 
 
 def test_a_second_run_script_on_a_busy_directory_ends_with_the_message(tiny_encoder, sentiment_csv, cache, tmp_path):

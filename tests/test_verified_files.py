@@ -102,6 +102,11 @@ def test_a_missing_weights_file_is_refused_naming_it(tmp_path):
     _refused_untouched(path, rf"adapter file .*{WEIGHTS} does not exist", FileNotFoundError)
 
 
+def test_a_missing_adapter_directory_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"adapter directory .*nowhere does not exist"):
+        load_adapter(_mlp(), tmp_path / "nowhere")
+
+
 def test_non_finite_trained_values_are_refused_on_load_and_on_save(tmp_path):
     model, path = _saved(tmp_path)
     tensors = {k: v.clone() for k, v in get_peft_model_state_dict(model).items()}
