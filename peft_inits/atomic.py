@@ -100,6 +100,9 @@ def recover_directory(directory: str | os.PathLike) -> bool:
     olds = _siblings(directory, _OLD_DIR)
     if not olds:
         return False
+    if len(olds) > 1:  # saves remove old copies before the next swap, so this is not ours to guess
+        names = ", ".join(p.name for p in olds)
+        raise ValueError(f"{directory} is missing and several set-aside versions exist ({names}); rename one to it")
     os.rename(olds[-1], directory)
     _fsync(directory.parent)
     warnings.warn(
@@ -120,9 +123,9 @@ def clean_stale(directory: str | os.PathLike) -> list[Path]:
     removed = [*_siblings(directory, _TMP_DIR), *_siblings(directory, _OLD_DIR)]
     if directory.is_dir():
         removed += [p for p in directory.glob(f".*{TMP_FILE_SUFFIX}") if p.is_file()]
-    for path in removed:
+    for path in removed:  # errors propagate: at most one set-aside copy may exist when the next swap starts
         if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
+            shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
     return removed

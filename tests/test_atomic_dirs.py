@@ -106,6 +106,16 @@ def test_a_swap_interrupted_between_its_renames_is_restored_on_load(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+def test_several_set_aside_versions_are_not_guessed_between(tmp_path):
+    path = save_adapter(_adapter(2, 1.5), tmp_path / "adapter")
+    save_adapter(_adapter(3, 0.5), tmp_path / "other")
+    os.rename(path, tmp_path / ".adapter.old-00000001")
+    os.rename(tmp_path / "other", tmp_path / ".adapter.old-00000002")
+    with pytest.raises(ValueError, match=r"adapter is missing and several set-aside versions exist .*rename one"):
+        load_adapter(_mlp(), path)
+    assert len(list(tmp_path.iterdir())) == 2  # nothing deleted
+
+
 def test_stale_temp_files_and_dirs_are_removed_by_the_next_save(tmp_path):
     model = _adapter(2, 1.5)
     path = save_adapter(model, tmp_path / "adapter")

@@ -89,18 +89,20 @@ def test_overwrite_keeps_the_lock_file_it_holds(tmp_path):
     again.unlock()
 
 
-def _writer(path, mode, barrier, results, records):
+def _writer(path, mode, barrier, refused, results, records):
     run = RunDir(path)
     barrier.wait()
     try:
         run.prepare(CONFIG, resume=mode == "resume", overwrite=mode == "overwrite")
     except RunDirBusy as exc:
         results.put(("refused", os.getpid(), str(exc)))
+        refused.set()
         return
     results.put(("ok", os.getpid(), ""))
     for step in range(1, records + 1):
         run.log({"type": "train", "step": step, "pid": os.getpid()})
-        time.sleep(0.004)
+        time.sleep(0.002)
+    refused.wait(30)  # hold on until the other one has tried, however late the scheduler starts it
     run.unlock()
 
 
@@ -111,8 +113,8 @@ def test_two_processes_starting_on_one_run_directory_one_wins(tmp_path, mode):
         existing = RunDir(path)
         existing.prepare(CONFIG, resume=False, overwrite=False)
         existing.unlock()
-    barrier, results = FORK.Barrier(2), FORK.Queue()
-    writers = [FORK.Process(target=_writer, args=(path, mode, barrier, results, 200)) for _ in range(2)]
+    barrier, refused, results = FORK.Barrier(2), FORK.Event(), FORK.Queue()
+    writers = [FORK.Process(target=_writer, args=(path, mode, barrier, refused, results, 200)) for _ in range(2)]
     for writer in writers:
         writer.start()
     outcomes = sorted(results.get(timeout=60) for _ in writers)
