@@ -117,18 +117,14 @@ def load_tensors(path: str | os.PathLike, *, finite: bool = False) -> dict[str, 
     return read_tensors(path, finite=finite)[0]
 
 
-def _adapter_state(model: PeftModel, adapter_name: str) -> dict[str, Tensor]:
-    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
-    if counts := non_finite(state):
-        raise ValueError(f"adapter {adapter_name!r} holds non-finite values in {_describe(counts)}; not saved")
-    return state
-
-
 def write_adapter_dir(directory: str | os.PathLike, tensors: dict[str, Tensor], config: dict[str, Any]) -> Path:
     """Atomically (re)write an adapter directory: config + checksummed weights, swapped in as a whole.
 
-    Files of the previous version that this one does not write (e.g. a user's `meta.json`) are kept.
+    Files of the previous version that this one does not write (e.g. a user's `meta.json`) are kept. Tensors holding
+    NaN/inf are refused before anything is written.
     """
+    if counts := non_finite(tensors):
+        raise ValueError(f"the adapter for {directory} holds non-finite values in {_describe(counts)}; not saved")
     payload = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     text = json.dumps(payload, indent=2, sort_keys=True, default=str)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
@@ -145,7 +141,7 @@ def save_adapter(model: PeftModel, directory: str | os.PathLike, adapter_name: s
     A kill at any moment leaves the previous version or this one, never a mix; an adapter holding NaN/inf is
     refused before anything is written.
     """
-    state = _adapter_state(model, adapter_name)
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
     return write_adapter_dir(directory, state, model.peft_config[adapter_name].to_dict())
 
 
