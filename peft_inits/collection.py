@@ -8,16 +8,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from peft import set_peft_model_state_dict
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_adapter, load_tensors
+from .atomic import recover_directory
+from .checkpoint import load_adapter, verify_adapter_dir
 from .descriptors import DESCRIPTORS, AdapterRecord, record_from_model, record_from_peft_lora
 
 _RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
@@ -35,9 +37,27 @@ class IndexedCollection:
         return [r.label for r in self.records]
 
 
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[A-Za-z0-9_]+")
+
+
 def adapter_dirs(root: str | Path) -> list[Path]:
-    """Every directory under `root` holding an `adapter_config.json`, sorted."""
-    return sorted(p.parent for p in Path(root).rglob("adapter_config.json"))
+    """Every directory under `root` holding an `adapter_config.json`, sorted.
+
+    Leftovers of interrupted saves (`.<name>.tmp-*`, `.<name>.old-*`) are not adapters; an adapter whose save was
+    interrupted mid-swap is restored from its set-aside previous version first.
+    """
+    root = Path(root)
+    found = set()
+    for config in list(root.rglob("adapter_config.json")):  # listed first: recovery renames folders
+        directory = config.parent
+        leftover = next((m for part in directory.relative_to(root).parts if (m := _LEFTOVER.fullmatch(part))), None)
+        if leftover is None:
+            found.add(directory)
+        elif directory.name.startswith(f".{leftover['name']}.old-"):
+            target = directory.parent / leftover["name"]
+            if recover_directory(target):
+                found.add(target)
+    return sorted(found)
 
 
 def _label_of(directory: Path) -> str | None:
@@ -47,31 +67,45 @@ def _label_of(directory: Path) -> str | None:
     return None
 
 
+def _check_keys(directory: Path, tensors: dict[str, object], expected: set[str]) -> None:
+    """The file must hold exactly the adapter tensors of its config: a missing one would keep another adapter's
+    values in the shared wrapped model, an extra one belongs to a module this config does not target."""
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise ValueError(
+            f"{directory / 'adapter_model.safetensors'} does not match its config: missing {missing[:3]}, "
+            f"unexpected {extra[:3]}"
+        )
+
+
 def index_collection(root: str | Path, base: nn.Module, progress: bool = True) -> IndexedCollection:
-    """Read every adapter under `root` onto `base` (never modified); a corrupt one is reported and skipped.
+    """Read every adapter under `root` onto `base` (never modified); an unreadable one is reported and skipped.
 
     SVFit/LoLDU factors are computed once per distinct config and reused: each further adapter only loads its gains
-    into the same wrapped model, where the base-weight fingerprint is still checked.
+    into the same wrapped model, where the base-weight fingerprint is still checked. Every directory is verified
+    first (config is a JSON object, no symlink out of the directory, weights intact, checksummed and finite).
     """
     collection = IndexedCollection(records=[])
     wrapped: dict[str, nn.Module] = {}
+    expected: dict[str, set[str]] = {}
     for directory in tqdm(adapter_dirs(root), desc="indexing adapters", disable=not progress):
         try:
-            config = json.loads((directory / "adapter_config.json").read_text())
+            config, tensors = verify_adapter_dir(directory)
             label = _label_of(directory)
             if config.get("peft_type") == "LORA":
                 collection.records.append(record_from_peft_lora(directory, label))
                 continue
             key = json.dumps({k: v for k, v in config.items() if k not in _RUN_SPECIFIC}, sort_keys=True)
             if key not in wrapped:
-                wrapped[key] = load_adapter(copy.deepcopy(base), directory)
+                model = load_adapter(copy.deepcopy(base), directory)
+                keys = set(get_peft_model_state_dict(model))
+                _check_keys(directory, tensors, keys)
+                wrapped[key], expected[key] = model, keys
             else:
-                tensors = load_tensors(directory / "adapter_model.safetensors")
-                result = set_peft_model_state_dict(wrapped[key], tensors)
-                if getattr(result, "unexpected_keys", None):
-                    raise ValueError(f"unexpected tensors {result.unexpected_keys[:3]}")
+                _check_keys(directory, tensors, expected[key])
+                set_peft_model_state_dict(wrapped[key], tensors)
             collection.records.append(record_from_model(wrapped[key], str(directory), label))
-        except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        except Exception as exc:  # one bad adapter must never stop the indexing of hundreds
             collection.failures[str(directory)] = f"{type(exc).__name__}: {exc}"
     return collection
 

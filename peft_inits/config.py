@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
 
 from peft import PeftConfig
@@ -74,6 +75,17 @@ class AdapterConfig(PeftConfig):
         if self.format_version > CONFIG_FORMAT:
             raise ValueError(_newer_message(f"format_version {self.format_version}"))
         self.spec_for_method(self.method, self.r, self.alpha)  # validate the options now, not at injection time
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
+        """Read a saved config; a local adapter directory is verified first (config, checksums, symlinks), so
+        `PeftModel.from_pretrained` refuses a damaged directory before the model is touched."""
+        from .checkpoint import verify_adapter_dir
+
+        path = Path(pretrained_model_name_or_path, subfolder or "")
+        if path.exists() or path.is_absolute() or str(pretrained_model_name_or_path).startswith((".", "~")):
+            verify_adapter_dir(path)  # also restores a directory whose save was interrupted mid-swap
+        return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 
     @classmethod
     def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:

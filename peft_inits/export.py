@@ -6,7 +6,6 @@ with B·A = ΔW; every tool that loads LoRAs (diffusers' `load_lora_weights`, Co
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import functional as Fn
-from .checkpoint import atomic_write, save_tensors
+from .checkpoint import save_tensors, write_adapter_dir
 from .layers import AdapterLayer
 
 _WRAPPER_PREFIX = "base_model.model."
@@ -60,7 +59,7 @@ def export_peft_lora(model: nn.Module, directory: str | os.PathLike, adapter_nam
     """Write a PEFT LoRA adapter (`LoraConfig` + `lora_A`/`lora_B` weights) that `PeftModel.from_pretrained` loads.
 
     Ranks may differ per module (block-wise adapters): they go to `rank_pattern`, and alpha = rank everywhere because
-    the scale is already folded into B.
+    the scale is already folded into B. The directory is replaced as a whole (a kill leaves the old or the new export).
     """
     from peft import LoraConfig
 
@@ -78,12 +77,7 @@ def export_peft_lora(model: nn.Module, directory: str | os.PathLike, adapter_nam
     for pair in pairs:
         tensors[f"{_WRAPPER_PREFIX}{pair.name}.lora_A.weight"] = pair.A
         tensors[f"{_WRAPPER_PREFIX}{pair.name}.lora_B.weight"] = pair.B
-    directory = Path(directory)
-    save_tensors(tensors, directory / "adapter_model.safetensors", metadata={"format": "pt"})
-    payload = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.to_dict().items()}
-    text = json.dumps(payload, indent=2, sort_keys=True, default=str)
-    atomic_write(directory / "adapter_config.json", lambda tmp: Path(tmp).write_text(text))
-    return directory
+    return write_adapter_dir(directory, tensors, config.to_dict())
 
 
 def kohya_key(module_name: str, prefix: str = "lora_unet") -> str:

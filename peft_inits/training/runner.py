@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import nn
 
@@ -61,6 +62,23 @@ def execute(
     train_config = {k: v for k, v in as_dict(train_settings).items() if k != "progress"}
     config = {**config, "adapter": as_dict(adapter), "train": train_config}
     accelerator = make_accelerator(train_settings.mixed_precision)
+    # The main process owns the folder and holds its writer lock for the whole run (released on any exit).
+    with run.writer(enabled=accelerator.is_main_process):
+        return _execute(run, build_model, adapter, train_settings, task, config, resume, overwrite, info, accelerator)
+
+
+def _execute(
+    run: RunDir,
+    build_model: Callable[[], nn.Module],
+    adapter: AdapterSettings,
+    train_settings: TrainSettings,
+    task: Task,
+    config: dict[str, Any],
+    resume: bool,
+    overwrite: bool,
+    info: dict[str, Any] | None,
+    accelerator: Accelerator,
+) -> dict[str, Any]:
     if accelerator.is_main_process:  # one process creates or checks the folder, the others follow it
         resuming = run.prepare(config, resume=resume, overwrite=overwrite)
     accelerator.wait_for_everyone()
