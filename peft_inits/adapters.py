@@ -128,7 +128,7 @@ class AdapterWeights(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # The tuner verifies a whole file before anything loads; this covers modules loaded on their own.
         owned = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
-        if owned:
+        if owned and not self.__dict__.pop("_preverified", False):
             self.verify(owned, prefix.rstrip(".") or self.method, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 

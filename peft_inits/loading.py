@@ -46,22 +46,21 @@ def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], pref
 
     Adapters that appear in the state dict must be complete in it. Returns the commits of the methods' checks.
     """
+    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
     found: dict[tuple[str, str], dict[str, Tensor]] = {}
+    stray: list[str] = []
     for key, value in state_dict.items():
-        if not key.startswith(prefix):
+        if not key.startswith(prefix) or ".pi_adapters." not in key:
             continue
         match = _ADAPTER_KEY.fullmatch(key[len(prefix) :])
-        if match:
+        if match and match["adapter"] in getattr(layers.get(match["layer"]), "pi_adapters", {}):
             found.setdefault((match["layer"], match["adapter"]), {})[match["tensor"]] = value
-    if not found:
+        else:
+            stray.append(key[len(prefix) :].split(".pi_adapters.")[0])
+    if not found and not stray:
         return []
     loading = {adapter for _, adapter in found}
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
-    stray = sorted(
-        f"{layer} ({adapter})"
-        for layer, adapter in found
-        if adapter not in getattr(layers.get(layer), "pi_adapters", {})
-    )
+    stray = sorted(set(stray))
     if stray:
         shown = ", ".join(stray[:5]) + (f" and {len(stray) - 5} more" if len(stray) > 5 else "")
         raise ValueError(
@@ -84,6 +83,7 @@ def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], pref
             for tensor_name, value in saved.items():
                 _check_tensor(f"{where}: {tensor_name}", value, expected[tensor_name])
             commit = weights.verify(saved, where, layer.get_base_layer().weight)
+            weights.__dict__["_preverified"] = True  # its own _load_from_state_dict need not check again
             for tensor_name, value in saved.items():
                 if value.shape != expected[tensor_name].shape:
                     raise ValueError(
