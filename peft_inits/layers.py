@@ -121,7 +121,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     # ------------------------------------------------------------------------------------------------ forward
 
     def choose_path(self, x: Tensor, adapter_name: str) -> PathChoice | None:
-        """The cost model's path for this call, or None where only the factored path applies.
+        """The cost model's path for this call (from T, r, m, n), or None where only the factored path applies.
 
         The merged path needs a Linear with one active adapter whose gain alone trains (SVFit/LoLDU), a frozen base
         layer without hooks and no autocast; `adapter_path` / $PEFT_INITS_ADAPTER_PATH force a path.
@@ -133,18 +133,11 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         if self.is_conv or gain is None or not frozen or hooked or torch.is_autocast_enabled():
             return None
         forced = self.adapter_path if self.adapter_path != "auto" else env_path()
-        grad = torch.is_grad_enabled()
         m, n = base.weight.shape
         tokens = x.numel() // n if x.shape[-1] == n else 0
-        return choose_path(
-            tokens,
-            down.shape[0],
-            m,
-            n,
-            need_dx=grad and x.requires_grad,
-            need_dgain=grad and gain.requires_grad,
-            forced=forced,
-        )
+        # Costed as a training step whatever the grad mode, so that train and eval calls of the same shapes take
+        # the same path and give bit-identical outputs.
+        return choose_path(tokens, down.shape[0], m, n, need_dx=True, need_dgain=True, forced=forced)
 
     def _record(self, choice: PathChoice) -> None:
         if self.last_path is None or (choice.path, choice.gain_gradient) != (
