@@ -166,7 +166,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
                     return merged_linear(x, base.weight, base.bias, down, gain, up, adapter.scale, choice.gain_gradient)
         out = self.base_layer(x, *args, **kwargs)
         for name in names:
-            out = out + self.delta_forward(x, name).to(out.dtype)
+            # in place: the base output is fresh and its backward (Linear/Conv) does not read it; saves a T×m tensor
+            out = out.add_(self.delta_forward(x, name).to(out.dtype))
         return out
 
     def extra_repr(self) -> str:
