@@ -338,6 +338,7 @@ def pivoted_ldu(
     method: str = "auto",
     pivoting: str = "partial",
     dtype: torch.dtype = torch.float32,
+    scale: float | None = None,
 ) -> LDUFactors:
     """First r pivots of W = P · L · diag(D) · U · Qᵀ, in elimination order (signed, not sorted).
 
@@ -347,6 +348,10 @@ def pivoted_ldu(
     is a large fraction of min(m, n). `"rook"` and `"complete"` pivoting also permute columns, so their first pivots
     are large ones and the rank-r term captures more of W (see `captured_energy`); rook is left-looking like
     partial, complete is right-looking (O(r·m·n)). For them `method="full"` runs all min(m, n) steps.
+
+    Pivots |d| ≤ max(m, n)·eps₃₂·scale count as zero. `scale` defaults to max|W| from one `aminmax` pass, which
+    also refuses inf/NaN; a caller that has already checked W in a pass of its own (e.g. `checked_fingerprint`)
+    passes a bound such as ‖W‖_F and spares the truncated elimination its only full read of W.
     """
     if pivoting not in PIVOTINGS:
         raise ValueError(f"unknown LDU pivoting {pivoting!r}: use {', '.join(map(repr, PIVOTINGS))}")
@@ -357,7 +362,9 @@ def pivoted_ldu(
     W = weight_matrix(weight.detach())
     m, n = W.shape
     check_rank(r, m, n)
-    tol = max(m, n) * torch.finfo(torch.float32).eps * abs_max(W, "weight")  # the one pass that also checks finiteness
+    if scale is None:
+        scale = abs_max(W, "weight")  # the one full pass, and it checks finiteness
+    tol = max(m, n) * torch.finfo(torch.float32).eps * float(scale)
     steps = min(m, n) if method == "full" else r
     if pivoting == "complete":
         f = _complete_right_looking(W.to(dtype=dtype, copy=True), steps, tol)
@@ -488,6 +495,21 @@ def weight_fingerprint(weight: Tensor) -> Tensor:
     probes = ((left @ W).to(device="cpu", dtype=torch.float64) * right).sum(dim=1)  # pᵀWq (×2), 1ᵀW1
     norm = torch.linalg.vector_norm(W).to(device="cpu", dtype=torch.float64).reshape(1)
     return torch.cat([norm, probes[2:], probes[:2]])
+
+
+def checked_fingerprint(weight: Tensor, what: str = "weight") -> Tensor:
+    """`weight_fingerprint`, refusing inf/NaN: they make ‖W‖_F non-finite, so this is also the finiteness check.
+
+    With `pivoted_ldu(..., scale=float(fp[0]))` a LoLDU init reads W twice in all (norm, probes) instead of four
+    times (finiteness, tolerance, norm, probes).
+    """
+    fp = weight_fingerprint(weight)
+    if weight.device.type != "meta" and not bool(torch.isfinite(fp).all()):
+        bad = int((~torch.isfinite(weight)).sum())  # only on the error path
+        if bad:
+            raise ValueError(f"{what} has {bad} non-finite values (inf/NaN); refusing to decompose it")
+        fp = weight_fingerprint(weight.double())  # finite entries whose squares overflowed fp32
+    return fp
 
 
 def fingerprints_match(stored: Tensor, actual: Tensor, rtol: float = 1e-3) -> bool:

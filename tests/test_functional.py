@@ -289,3 +289,21 @@ def test_randomized_svd_without_oversampling_is_as_accurate_as_torch_svd_lowrank
     exact = torch.linalg.svdvals(W)[:8]
     assert (ours.S - exact).abs().max() <= 2 * (S_torch - exact).abs().max() + 1e-12
     assert abs(float(ours.S[0] - exact[0])) <= 1e-3 * float(exact[0])
+
+
+def test_checked_fingerprint_is_the_finiteness_check_and_feeds_the_ldu_tolerance():
+    W = _random(30, 20, seed=6, dtype=torch.float32)
+    fp = Fn.checked_fingerprint(W)
+    assert torch.equal(fp, Fn.weight_fingerprint(W))
+    a = Fn.pivoted_ldu(W, 5, scale=float(fp[0]))
+    b = Fn.pivoted_ldu(W, 5)
+    assert torch.equal(a.D, b.D) and torch.equal(a.U, b.U)  # no pivot near either tolerance here
+    for bad in (float("nan"), float("inf")):
+        V = W.clone()
+        V[3, 4] = bad
+        with pytest.raises(ValueError, match="base weight has 1 non-finite"):
+            Fn.checked_fingerprint(V, "base weight")
+    big = torch.full((4, 4), 1e30)  # finite, but its squares overflow fp32
+    assert torch.isfinite(Fn.checked_fingerprint(big)).all()
+    zero_pivots = Fn.pivoted_ldu(torch.zeros(6, 5), 3, scale=0.0)
+    assert torch.equal(zero_pivots.D, torch.ones(3))
