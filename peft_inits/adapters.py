@@ -66,6 +66,7 @@ class AdapterWeights(nn.Module):
     """Base of the per-method weights: exposes (down, gain, up, scale) and nothing else to the layers."""
 
     method: ClassVar[str]
+    checks_weight: ClassVar[bool] = False  # True: __init__ refuses non-finite weights itself, in a pass it needs anyway
 
     def __init__(self, r: int, scale: float) -> None:
         super().__init__()
@@ -104,10 +105,13 @@ class _DecomposedWeights(AdapterWeights):
 
     reference_name: ClassVar[str]  # the saved buffer that must match its recomputed value on load
 
-    def _store_factors(self, weight: Tensor, down: Tensor, up: Tensor, embed: bool) -> None:
+    def _store_factors(
+        self, weight: Tensor, down: Tensor, up: Tensor, embed: bool, fingerprint: Tensor | None = None
+    ) -> None:
         self.register_buffer("down", down.contiguous(), persistent=embed)
         self.register_buffer("up", up.contiguous(), persistent=embed)
-        self.register_buffer("fingerprint", _fingerprint_bits(weight))
+        bits = _fingerprint_bits(weight) if fingerprint is None else fingerprint.view(torch.int64)
+        self.register_buffer("fingerprint", bits)
         self.embed_factors = embed
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
@@ -178,11 +182,14 @@ class LoLDUWeights(_DecomposedWeights):
 
     method = "loldu"
     reference_name = "D"
+    checks_weight = True
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        f = Fn.pivoted_ldu(weight, spec.r, method=spec.ldu_method, dtype=_DTYPES[spec.decompose_dtype])
+        fp = Fn.checked_fingerprint(weight, "base weight")  # two reads of W, and the finiteness check
+        dtype = _DTYPES[spec.decompose_dtype]
+        f = Fn.pivoted_ldu(weight, spec.r, method=spec.ldu_method, dtype=dtype, scale=float(fp[0]))
         super().__init__(spec.r, 1.0)
-        self._store_factors(weight, f.U.float(), f.up().float(), spec.embed_factors)
+        self._store_factors(weight, f.U.float(), f.up().float(), spec.embed_factors, fingerprint=fp)
         self.register_buffer("D", f.D.float())
         sigma = torch.tensor(spec.resolved_alpha / spec.r)
         self.register_buffer("sigma0", sigma.clone())
@@ -204,8 +211,10 @@ ADAPTER_CLASSES: dict[str, type[AdapterWeights]] = {
 
 def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64)."""
-    Fn.check_finite(weight, "base weight")
-    return ADAPTER_CLASSES[spec.method](weight, spec)
+    cls = ADAPTER_CLASSES[spec.method]
+    if not cls.checks_weight:
+        Fn.check_finite(weight, "base weight")
+    return cls(weight, spec)
 
 
 def trainable_count(spec: AdapterSpec, m: int, n: int) -> int:

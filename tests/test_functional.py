@@ -307,3 +307,13 @@ def test_checked_fingerprint_is_the_finiteness_check_and_feeds_the_ldu_tolerance
     assert torch.isfinite(Fn.checked_fingerprint(big)).all()
     zero_pivots = Fn.pivoted_ldu(torch.zeros(6, 5), 3, scale=0.0)
     assert torch.equal(zero_pivots.D, torch.ones(3))
+
+
+def test_loldu_init_refuses_non_finite_weights_through_its_fingerprint():
+    from peft_inits import AdapterSpec
+    from peft_inits.adapters import build_adapter
+
+    W = _random(12, 10, dtype=torch.float32)
+    W[2, 7] = float("inf")
+    with pytest.raises(ValueError, match="base weight has 1 non-finite"):
+        build_adapter(W, AdapterSpec("loldu", 3))
