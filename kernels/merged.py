@@ -9,7 +9,9 @@ dL/dg_i = scale · Σ_t (dy_t · c_i)(r_i · x_t) is computed whichever way is c
 - ``"weight_grad"``: from diag(Cᵀ (dyᵀ x) Rᵀ), T·m·n + r·m·n; x is saved and G = dyᵀ x formed in backward.
 
 Only the gain may require grad (frozen base weight, bias and factors); `kernels.cost` sends everything else to the
-factored path. The maths is `functional.linear_delta` added to the base layer; tests hold the two paths equal.
+factored path. W′ is kept for dx (m·n per layer, like one extra activation of m·n elements); with
+`save_merged=False` backward forms it again instead (another r·m·n), leaving only h or x saved. The maths is
+`functional.linear_delta` added to the base layer; tests hold the two paths equal.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class MergedAdapterLinear(torch.autograd.Function):
         up: Tensor,
         scale: float,
         gain_gradient: str,
+        save_merged: bool,
     ) -> Tensor:
         merged = merged_weight(weight, down, gain, up, scale)
         out = F.linear(x, merged, bias)
@@ -58,7 +61,17 @@ class MergedAdapterLinear(torch.autograd.Function):
             saved_h = x.to(down.dtype) @ down.T  # T × r, the only activation this mode keeps
         elif need_dgain:
             saved_x = x
-        ctx.save_for_backward(merged if need_dx else None, down, up, saved_h, saved_x)
+        keep = merged if need_dx and save_merged else None
+        ctx.rebuild = need_dx and not save_merged
+        ctx.save_for_backward(
+            keep,
+            down,
+            up,
+            saved_h,
+            saved_x,
+            weight if ctx.rebuild else None,
+            gain.detach() if ctx.rebuild and gain is not None else None,
+        )
         ctx.scale = float(scale)
         ctx.gain_gradient = gain_gradient
         ctx.gain_dtype = None if gain is None else gain.dtype
@@ -67,8 +80,10 @@ class MergedAdapterLinear(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        merged, down, up, h, x = ctx.saved_tensors
+        merged, down, up, h, x, weight, gain = ctx.saved_tensors
         need_dx, _, _, _, need_dgain = ctx.needs_input_grad[:5]
+        if ctx.rebuild:
+            merged = merged_weight(weight, down, gain, up, ctx.scale)
         dx = grad_out @ merged if need_dx else None
         dgain = None
         if need_dgain:
@@ -81,7 +96,7 @@ class MergedAdapterLinear(torch.autograd.Function):
             if ctx.scale != 1.0:
                 dgain = dgain * ctx.scale
             dgain = dgain.to(ctx.gain_dtype)
-        return dx, None, None, None, dgain, None, None, None
+        return dx, None, None, None, dgain, None, None, None, None
 
 
 def merged_linear(
@@ -93,8 +108,12 @@ def merged_linear(
     up: Tensor,
     scale: float,
     gain_gradient: str = "projections",
+    save_merged: bool = True,
 ) -> Tensor:
-    """Base linear plus adapter delta through the merged weight, for x of shape (..., n)."""
+    """Base linear plus adapter delta through the merged weight, for x of shape (..., n).
+
+    `save_merged=False` trades r·m·n of backward work for not keeping the m × n merged weight until backward.
+    """
     if gain_gradient not in GAIN_GRADIENTS:
         raise ValueError(f"unknown gain gradient {gain_gradient!r}; choose one of {', '.join(GAIN_GRADIENTS)}")
     for name, t in (("base weight", weight), ("bias", bias), ("down", down), ("up", up)):
@@ -102,6 +121,6 @@ def merged_linear(
             raise ValueError(f"the merged adapter path trains only the gain, but {name} requires grad")
     lead = x.shape[:-1]
     out = MergedAdapterLinear.apply(
-        x.reshape(-1, x.shape[-1]), weight, bias, down, gain, up, float(scale), gain_gradient
+        x.reshape(-1, x.shape[-1]), weight, bias, down, gain, up, float(scale), gain_gradient, save_merged
     )
     return out.reshape(*lead, weight.shape[0])

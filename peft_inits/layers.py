@@ -43,6 +43,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     adapter_layer_names = ("pi_adapters",)
     # "auto" (cost model, or $PEFT_INITS_ADAPTER_PATH when set), "factored" or "merged"; see kernels/cost.py
     adapter_path: str = "auto"
+    # merged path: keep W + ΔW (m × n) for dx, or form it again in backward (r·m·n more work, less memory)
+    merged_saves_weight: bool = True
     last_path: PathChoice | None = None
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, spec: AdapterSpec) -> None:

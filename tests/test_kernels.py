@@ -440,16 +440,17 @@ def _factored(x, weight, bias, down, gain, up, scale):
     return out + Fn.linear_delta(x.to(down.dtype), down, gain, up, scale).to(out.dtype)
 
 
+@pytest.mark.parametrize("save_merged", [True, False])
 @pytest.mark.parametrize("gain_gradient", GAIN_GRADIENTS)
 @pytest.mark.parametrize("x_grad", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
-def test_merged_path_equals_factored_path(dtype, x_grad, gain_gradient):
+def test_merged_path_equals_factored_path(dtype, x_grad, gain_gradient, save_merged):
     weight, bias, x, p = _merged_problem(dtype, x_grad, seed=stable_seed(dtype, x_grad, gain_gradient))
     if dtype == torch.float64:
         p = p.fresh(torch.float64)
     grad_out = p.grad_out.to(dtype)
     results = []
-    for fn in (_factored, lambda *a: merged_linear(*a, gain_gradient=gain_gradient)):
+    for fn in (_factored, lambda *a: merged_linear(*a, gain_gradient=gain_gradient, save_merged=save_merged)):
         xi = x.detach().clone().requires_grad_(x_grad)
         gain = p.gain.detach().clone().requires_grad_(True)
         out = fn(xi.reshape(3, 7, -1), weight, bias, p.down.detach(), gain, p.up.detach(), 0.75)
@@ -543,3 +544,20 @@ def test_lora_and_multi_adapter_calls_stay_factored():
     out = svfit(x)
     want = svfit.get_base_layer()(x) + svfit.delta_forward(x, "default") + svfit.delta_forward(x, "second")
     assert svfit.last_path is None and torch.allclose(out, want, atol=1e-5)
+
+
+def test_merged_path_without_saved_weight_keeps_only_the_projections():
+    weight, bias, x, p = _merged_problem(torch.float32, True, tokens=64, n=40, m=48, r=6)
+    gain = p.gain.detach().clone().requires_grad_()
+    sizes = {}
+    for save in (True, False):
+        stored = []
+
+        def pack(t, stored=stored):
+            stored.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            merged_linear(x, weight, bias, p.down, gain, p.up, 1.0, save_merged=save)
+        sizes[save] = sum(t.numel() for t in stored if t is not None and t.data_ptr() != weight.data_ptr())
+    assert sizes[True] - sizes[False] == 48 * 40 - 6  # W′ saved, or instead only a reference to the r gains
