@@ -104,9 +104,14 @@ class AdapterWeights(nn.Module):
         """The trained gain relative to its init, one value per component; None for methods without a gain."""
         return None
 
-    def attach_fingerprint(self, weight: Tensor) -> None:
-        """Record which base weight this adapter was built on (saved with it, checked on load)."""
-        self.register_buffer("fingerprint", _fingerprint_bits(weight))
+    def attach_fingerprint(self, fingerprint: Tensor) -> None:
+        """Record which base weight this adapter was built on (`Fn.weight_fingerprint`; saved, checked on load).
+        Kept as the int64 bit pattern of float64 values so `model.half()` or PEFT's dtype casts cannot round it."""
+        self.register_buffer("fingerprint", fingerprint.double().cpu().view(torch.int64).to(self._device()))
+
+    def _device(self) -> torch.device:
+        tensor = next(iter(self.state_dict().values()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
 
     def verify(self, state: Mapping[str, Tensor], where: str, weight: Tensor | None) -> Commit | None:
         """Check tensors about to be loaded into this adapter (keys without prefix) against the live base `weight`
@@ -140,11 +145,6 @@ def relative_change(change: Tensor, init: Tensor) -> Tensor:
     """change / |init|, with a floor so a zero init cannot divide by zero; float32 on the CPU."""
     floor = 1e-6 * float(init.abs().max().clamp_min(1e-12))
     return (change / init.abs().clamp_min(floor)).detach().float().cpu()
-
-
-def _fingerprint_bits(weight: Tensor) -> Tensor:
-    # Kept as the int64 bit pattern of float64 values so `model.half()` or PEFT's dtype casts cannot round it.
-    return Fn.weight_fingerprint(weight).view(torch.int64)
 
 
 class DecomposedWeights(AdapterWeights):
@@ -201,9 +201,9 @@ def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     method = get_method(spec.method)
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
-    Fn.check_finite(weight, "base weight")
+    fingerprint = Fn.checked_fingerprint(weight, "base weight")  # also the one finiteness check of W
     adapter = method.weights(weight, spec)
-    adapter.attach_fingerprint(weight)
+    adapter.attach_fingerprint(fingerprint)
     return adapter
 
 

@@ -85,10 +85,13 @@ def svd_top_r(
 ) -> SVDFactors:
     """Top-r SVD of a weight, exact (`torch.linalg.svd`) or randomized (seeded, so it is reproducible on reload).
 
-    The randomized path is a Halko et al. range finder with `oversample` extra columns and `niter` power iterations;
-    it multiplies by a contiguous Wᵀ, which is what keeps it fast (DESIGN.md §6).
+    The randomized path is a Halko et al. range finder with `oversample` extra columns and `niter` power iterations.
+    Wᵀ·Q is formed as (Qᵀ·W)ᵀ, which reads W in its own row-major layout: no transposed copy of W and no slow
+    transposed GEMM (DESIGN.md §6). W is copied only when it must change dtype.
     """
-    W = working_copy(weight, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"decompositions run in float32 or float64, not {dtype}")
+    W = weight_matrix(weight.detach()).to(dtype)
     m, n = W.shape
     check_rank(r, m, n)
     check_finite(W)
@@ -98,10 +101,9 @@ def svd_top_r(
     q = min(r + oversample, m, n)
     generator = torch.Generator(device=W.device).manual_seed(seed)
     omega = torch.randn(n, q, generator=generator, device=W.device, dtype=W.dtype)
-    Wt = W.T.contiguous()
     Q = torch.linalg.qr(W @ omega).Q
     for _ in range(niter):
-        Q = torch.linalg.qr(Wt @ Q).Q
+        Q = torch.linalg.qr((Q.T @ W).T).Q
         Q = torch.linalg.qr(W @ Q).Q
     Ub, S, Vh = torch.linalg.svd(Q.T @ W, full_matrices=False)
     U = Q @ Ub
@@ -214,25 +216,32 @@ def _partial_crout(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFact
     pivot `torch.linalg.lu` picks.
     """
     m, n = W.shape
-    L = torch.zeros(m, r, dtype=dtype, device=W.device)  # rows in the weight's own order
+    Lt = torch.zeros(r, m, dtype=dtype, device=W.device)  # Lᵀ, rows in the weight's own order (contiguous columns)
     packed = torch.zeros(r, n, dtype=dtype, device=W.device)  # eliminated rows D_k·U_k
-    order = torch.arange(m, device=W.device)
+    order = list(range(m))
+    order_t = torch.arange(m, device=W.device)  # `order` as a tensor, for gathers
     for k in range(r):
-        col = W[:, k].to(dtype) - L[:, :k] @ packed[:k, k]
-        j = int(torch.argmax(col[order[k:]].abs()))
-        p = int(order[k + j])
-        order[[k, k + j]] = order[[k + j, k]]
-        row = W[p].to(dtype) - L[p, :k] @ packed[:k]
-        row[:k] = 0.0
-        pivot = col[p].clone()
+        col = W[:, k].to(dtype, copy=True)
+        if k:
+            col = torch.addmv(col, Lt[:k].T, packed[:k, k], alpha=-1.0)
+        j = int(torch.argmax(col.index_select(0, order_t[k:]).abs()))
+        p = order[k + j]
+        order[k], order[k + j] = p, order[k]
+        order_t[k + j] = order[k + j]
+        order_t[k] = p
+        row = packed[k]
+        row.copy_(W[p])
+        if k:
+            row.addmv_(packed[:k].T, Lt[:k, p], alpha=-1.0)
+            row[:k] = 0.0
+        pivot = float(col[p])
         row[k] = pivot
-        packed[k] = row
-        if pivot.abs() > tol:
-            col /= pivot
-            col[order[:k]] = 0.0  # rows already eliminated
-            L[:, k] = col
-        L[p, k] = 1.0
-    return _finish(order, L[order], torch.triu(packed), tol)
+        if abs(pivot) > tol:
+            torch.div(col, pivot, out=Lt[k])
+            if k:
+                Lt[k].index_fill_(0, order_t[:k], 0.0)  # rows already eliminated
+        Lt[k, p] = 1.0
+    return _finish(order_t, Lt.T[order_t], packed, tol)
 
 
 def _rook_crout(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFactors:
@@ -328,6 +337,7 @@ def pivoted_ldu(
     method: str = "auto",
     pivoting: str = "partial",
     dtype: torch.dtype = torch.float32,
+    scale: float | None = None,
 ) -> LDUFactors:
     """First r pivots of W = P · L · diag(D) · U · Qᵀ, in elimination order (signed, not sorted).
 
@@ -337,6 +347,10 @@ def pivoted_ldu(
     is a large fraction of min(m, n). `"rook"` and `"complete"` pivoting also permute columns, so their first pivots
     are large ones and the rank-r term captures more of W (see `captured_energy`); rook is left-looking like
     partial, complete is right-looking (O(r·m·n)). For them `method="full"` runs all min(m, n) steps.
+
+    Pivots |d| ≤ max(m, n)·eps₃₂·scale count as zero. `scale` defaults to max|W| from one `aminmax` pass, which
+    also refuses inf/NaN; a caller that has already checked W in a pass of its own (e.g. `checked_fingerprint`)
+    passes a bound such as ‖W‖_F and spares the truncated elimination its only full read of W.
     """
     if pivoting not in PIVOTINGS:
         raise ValueError(f"unknown LDU pivoting {pivoting!r}: use {', '.join(map(repr, PIVOTINGS))}")
@@ -347,7 +361,9 @@ def pivoted_ldu(
     W = weight_matrix(weight.detach())
     m, n = W.shape
     check_rank(r, m, n)
-    tol = max(m, n) * torch.finfo(torch.float32).eps * abs_max(W, "weight")  # the one pass that also checks finiteness
+    if scale is None:
+        scale = abs_max(W, "weight")  # the one full pass, and it checks finiteness
+    tol = max(m, n) * torch.finfo(torch.float32).eps * float(scale)
     steps = min(m, n) if method == "full" else r
     if pivoting == "complete":
         f = _complete_right_looking(W.to(dtype=dtype, copy=True), steps, tol)
@@ -471,15 +487,37 @@ def lora_pair(down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> tu
 def weight_fingerprint(weight: Tensor) -> Tensor:
     """Four float64 numbers that identify a base weight: ‖W‖_F, ΣW and two fixed random bilinear probes pᵀWq.
 
-    Stored next to SVFit/LoLDU gains so that an adapter loaded onto another base model is refused.
+    Stored next to SVFit/LoLDU gains so that an adapter loaded onto another base model is refused. Computed on the
+    weight's device in two reads of W (one norm, one 3 × m by m × n product for the sum and both probes) with no
+    W-sized temporary; fp16/bf16 weights are read as fp32.
     """
-    W = weight_matrix(weight.detach()).to(device="cpu", dtype=torch.float64)
+    W = weight_matrix(weight.detach())
+    if W.dtype not in (torch.float32, torch.float64):
+        W = W.float()
     m, n = W.shape
     generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
     p = torch.randn(2, m, generator=generator, dtype=torch.float64)
     q = torch.randn(2, n, generator=generator, dtype=torch.float64)
-    probes = ((p @ W) * q).sum(dim=1)
-    return torch.cat([torch.linalg.norm(W).reshape(1), W.sum().reshape(1), probes])
+    left = torch.cat([p, torch.ones(1, m, dtype=torch.float64)]).to(device=W.device, dtype=W.dtype)
+    right = torch.cat([q, torch.ones(1, n, dtype=torch.float64)])
+    probes = ((left @ W).to(device="cpu", dtype=torch.float64) * right).sum(dim=1)  # pᵀWq (×2), 1ᵀW1
+    norm = torch.linalg.vector_norm(W).to(device="cpu", dtype=torch.float64).reshape(1)
+    return torch.cat([norm, probes[2:], probes[:2]])
+
+
+def checked_fingerprint(weight: Tensor, what: str = "weight") -> Tensor:
+    """`weight_fingerprint`, refusing inf/NaN: they make ‖W‖_F non-finite, so this is also the finiteness check.
+
+    With `pivoted_ldu(..., scale=float(fp[0]))` a LoLDU init reads W twice in all (norm, probes) instead of four
+    times (finiteness, tolerance, norm, probes).
+    """
+    fp = weight_fingerprint(weight)
+    if weight.device.type != "meta" and not bool(torch.isfinite(fp).all()):
+        bad = int((~torch.isfinite(weight)).sum())  # only on the error path
+        if bad:
+            raise ValueError(f"{what} has {bad} non-finite values (inf/NaN); refusing to decompose it")
+        fp = weight_fingerprint(weight.double())  # finite entries whose squares overflowed fp32
+    return fp
 
 
 def fingerprints_match(stored: Tensor, actual: Tensor, rtol: float = 1e-3) -> bool:

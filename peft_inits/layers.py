@@ -6,6 +6,7 @@ the per-method differences live in `adapters.py` and the maths in `functional.py
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -15,6 +16,10 @@ from torch import Tensor, nn
 from . import functional as Fn
 from .adapters import AdapterSpec, AdapterWeights, build_adapter
 from .kernels import adapter_delta
+from .kernels.cost import PathChoice, choose_path, env_path
+from .kernels.merged import merged_linear
+
+logger = logging.getLogger(__name__)
 
 
 def check_supported(module: nn.Module, name: str = "module") -> None:
@@ -36,6 +41,11 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     """A frozen base layer plus named adapters of any registered method: y = base(x) + Σ_active scale·C(g ⊙ R x)."""
 
     adapter_layer_names = ("pi_adapters",)
+    # "auto" (cost model, or $PEFT_INITS_ADAPTER_PATH when set), "factored" or "merged"; see kernels/cost.py
+    adapter_path: str = "auto"
+    # merged path: keep W + ΔW (m × n) for dx, or form it again in backward (r·m·n more work, less memory)
+    merged_saves_weight: bool = True
+    last_path: PathChoice | None = None
 
     def __init__(self, base_layer: nn.Module, adapter_name: str, spec: AdapterSpec) -> None:
         super().__init__()
@@ -125,18 +135,59 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     # ------------------------------------------------------------------------------------------------ forward
 
+    def choose_path(self, x: Tensor, adapter_name: str) -> PathChoice | None:
+        """The cost model's path for this call (from T, r, m, n), or None where only the factored path applies.
+
+        The merged path needs a Linear with one active adapter whose gain alone trains (SVFit/LoLDU), a frozen base
+        layer without hooks and no autocast; `adapter_path` / $PEFT_INITS_ADAPTER_PATH force a path.
+        """
+        base = self.get_base_layer()
+        down, gain, up = self.pi_adapters[adapter_name].factors()
+        frozen = not any(t is not None and t.requires_grad for t in (base.weight, base.bias, down, up))
+        hooked = base._forward_hooks or base._forward_pre_hooks
+        if self.is_conv or gain is None or not frozen or hooked or torch.is_autocast_enabled():
+            return None
+        forced = self.adapter_path if self.adapter_path != "auto" else env_path()
+        m, n = base.weight.shape
+        tokens = x.numel() // n if x.shape[-1] == n else 0
+        # Costed as a training step whatever the grad mode, so that train and eval calls of the same shapes take
+        # the same path and give bit-identical outputs.
+        return choose_path(tokens, down.shape[0], m, n, need_dx=True, need_dgain=True, forced=forced)
+
+    def _record(self, choice: PathChoice) -> None:
+        if self.last_path is None or (choice.path, choice.gain_gradient) != (
+            self.last_path.path,
+            self.last_path.gain_gradient,
+        ):
+            logger.debug("%s: adapter path %s", type(self.get_base_layer()).__name__, choice.describe())
+        self.last_path = choice
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
-        out = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return out
-        for name in self.active_adapters:
-            if name in self.pi_adapters:
-                out = out + self.delta_forward(x, name).to(out.dtype)
+            return self.base_layer(x, *args, **kwargs)
+        names = [name for name in self.active_adapters if name in self.pi_adapters]
+        if len(names) == 1 and not args and not kwargs:
+            choice = self.choose_path(x, names[0])
+            if choice is not None:
+                self._record(choice)
+                if choice.path == "merged":
+                    base = self.get_base_layer()
+                    adapter = self.pi_adapters[names[0]]
+                    down, gain, up = adapter.factors()
+                    return merged_linear(x, base.weight, base.bias, down, gain, up, adapter.scale, choice.gain_gradient)
+        out = self.base_layer(x, *args, **kwargs)
+        for name in names:
+            # in place: the base output is fresh and its backward (Linear/Conv) does not read it; saves a T×m tensor
+            out = out.add_(self.delta_forward(x, name).to(out.dtype))
         return out
+
+    def extra_repr(self) -> str:
+        last = "none yet" if self.last_path is None else self.last_path.describe()
+        return f"adapter_path={self.adapter_path}, last call: {last}"
 
     def __repr__(self) -> str:
         return "pi." + super().__repr__()

@@ -255,3 +255,52 @@ def test_fingerprint_tells_weights_apart_and_survives_dtype_round_trip():
     other[0, 0] += 0.5
     assert not Fn.fingerprints_match(fp, Fn.weight_fingerprint(other))
     assert not Fn.fingerprints_match(fp, Fn.weight_fingerprint(_random(32, 16, seed=9, dtype=torch.float32)))
+
+
+def test_fingerprint_equals_its_float64_definition():
+    W = _random(48, 20, seed=4, dtype=torch.float32)
+    W64 = W.double()
+    g = torch.Generator().manual_seed(Fn.FINGERPRINT_SEED)
+    p = torch.randn(2, 48, generator=g, dtype=torch.float64)
+    q = torch.randn(2, 20, generator=g, dtype=torch.float64)
+    want = torch.cat([torch.linalg.norm(W64).reshape(1), W64.sum().reshape(1), ((p @ W64) * q).sum(dim=1)])
+    assert torch.allclose(Fn.weight_fingerprint(W), want, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(Fn.weight_fingerprint(W64), want, rtol=1e-12, atol=1e-10)
+
+
+def test_randomized_svd_without_oversampling_is_as_accurate_as_torch_svd_lowrank():
+    W = _decaying(200, 120, seed=2, decay=0.9)
+    ours = Fn.svd_top_r(W, 8, randomized=True, niter=4, oversample=0, dtype=torch.float64)
+    torch.manual_seed(0)
+    _, S_torch, _ = torch.svd_lowrank(W, 8, niter=4)
+    exact = torch.linalg.svdvals(W)[:8]
+    assert (ours.S - exact).abs().max() <= 2 * (S_torch - exact).abs().max() + 1e-12
+    assert abs(float(ours.S[0] - exact[0])) <= 1e-3 * float(exact[0])
+
+
+def test_checked_fingerprint_is_the_finiteness_check_and_feeds_the_ldu_tolerance():
+    W = _random(30, 20, seed=6, dtype=torch.float32)
+    fp = Fn.checked_fingerprint(W)
+    assert torch.equal(fp, Fn.weight_fingerprint(W))
+    a = Fn.pivoted_ldu(W, 5, scale=float(fp[0]))
+    b = Fn.pivoted_ldu(W, 5)
+    assert torch.equal(a.D, b.D) and torch.equal(a.U, b.U)  # no pivot near either tolerance here
+    for bad in (float("nan"), float("inf")):
+        V = W.clone()
+        V[3, 4] = bad
+        with pytest.raises(ValueError, match="base weight has 1 non-finite"):
+            Fn.checked_fingerprint(V, "base weight")
+    big = torch.full((4, 4), 1e30)  # finite, but its squares overflow fp32
+    assert torch.isfinite(Fn.checked_fingerprint(big)).all()
+    zero_pivots = Fn.pivoted_ldu(torch.zeros(6, 5), 3, scale=0.0)
+    assert torch.equal(zero_pivots.D, torch.ones(3))
+
+
+def test_loldu_init_refuses_non_finite_weights_through_its_fingerprint():
+    from peft_inits import AdapterSpec
+    from peft_inits.adapters import build_adapter
+
+    W = _random(12, 10, dtype=torch.float32)
+    W[2, 7] = float("inf")
+    with pytest.raises(ValueError, match="base weight has 1 non-finite"):
+        build_adapter(W, AdapterSpec("loldu", 3))

@@ -27,6 +27,8 @@ from peft_inits.kernels import (
     resolve_backend,
     use_backend,
 )
+from peft_inits.kernels.cost import ADAPTER_PATH_ENV, choose_path
+from peft_inits.kernels.merged import GAIN_GRADIENTS, merged_linear
 
 CUDA = torch.cuda.is_available()
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -416,3 +418,146 @@ def test_gpu_auto_backend_picks_triton(triton_ops):
     assert resolve_backend("auto", x, 8) == "triton"
     assert resolve_backend("auto", x, 129) == "torch"
     assert resolve_backend("auto", x.double(), 8) == "torch"
+
+
+# ------------------------------------------------------------------------------------------------------ merged path
+
+
+def _merged_problem(
+    dtype: torch.dtype, x_grad: bool, seed: int = 0, tokens: int = 21, n: int = 30, m: int = 26, r: int = 9
+):
+    g = torch.Generator().manual_seed(seed)
+    weight = (torch.randn(m, n, generator=g) / n**0.5).to(dtype)
+    bias = torch.randn(m, generator=g).to(dtype)
+    problem = make_problem(tokens, n, m, r, "svfit", torch.float32, seed)
+    x = problem.x.detach().to(dtype).requires_grad_(x_grad)
+    return weight, bias, x, problem
+
+
+def _factored(x, weight, bias, down, gain, up, scale):
+    """The layer's factored path: base linear plus the delta in the adapter's dtype (autograd reference maths)."""
+    out = torch.nn.functional.linear(x, weight, bias)
+    return out + Fn.linear_delta(x.to(down.dtype), down, gain, up, scale).to(out.dtype)
+
+
+@pytest.mark.parametrize("save_merged", [True, False])
+@pytest.mark.parametrize("gain_gradient", GAIN_GRADIENTS)
+@pytest.mark.parametrize("x_grad", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+def test_merged_path_equals_factored_path(dtype, x_grad, gain_gradient, save_merged):
+    weight, bias, x, p = _merged_problem(dtype, x_grad, seed=stable_seed(dtype, x_grad, gain_gradient))
+    if dtype == torch.float64:
+        p = p.fresh(torch.float64)
+    grad_out = p.grad_out.to(dtype)
+    results = []
+    for fn in (_factored, lambda *a: merged_linear(*a, gain_gradient=gain_gradient, save_merged=save_merged)):
+        xi = x.detach().clone().requires_grad_(x_grad)
+        gain = p.gain.detach().clone().requires_grad_(True)
+        out = fn(xi.reshape(3, 7, -1), weight, bias, p.down.detach(), gain, p.up.detach(), 0.75)
+        out.backward(grad_out.reshape(3, 7, -1))
+        results.append((out.detach(), xi.grad, gain.grad))
+    (want, want_dx, want_dg), (got, dx, dg) = results
+    tol = TOLERANCE[dtype] if dtype != torch.bfloat16 else 2e-2
+    assert got.dtype == dtype and got.shape == want.shape
+    assert rel_err(got, want) < tol
+    assert dg.dtype == p.gain.dtype and rel_err(dg, want_dg) < tol
+    assert (dx is None) == (not x_grad)
+    if x_grad:
+        assert dx.dtype == dtype and rel_err(dx, want_dx) < tol
+
+
+def test_merged_path_refuses_trainable_factors():
+    weight, bias, x, p = _merged_problem(torch.float32, True)
+    with pytest.raises(ValueError, match="trains only the gain, but down requires grad"):
+        merged_linear(x, weight, bias, p.down.detach().requires_grad_(), p.gain, p.up, 1.0)
+    with pytest.raises(ValueError, match="unknown gain gradient"):
+        merged_linear(x, weight, bias, p.down, p.gain, p.up, 1.0, gain_gradient="diag")
+
+
+def test_cost_model_switches_where_the_arithmetic_says():
+    # High rank, many tokens: forming ΔW (r·m·n) is cheaper than 2·T·r·(m + n) through the factors.
+    high = choose_path(1024, 768, 768, 768, need_dx=True, need_dgain=True)
+    assert high.path == "merged" and high.merged < high.factored
+    # Few tokens (T < m·n / (m + n)): the factors win whatever the rank.
+    assert choose_path(64, 768, 768, 768, need_dx=True, need_dgain=True).path == "factored"
+    assert choose_path(128, 768, 3072, 768, need_dx=True, need_dgain=True).path == "factored"
+    # Small r, short sequences: the memory cost of writing W′ keeps the factored path.
+    assert choose_path(256, 8, 768, 768, need_dx=True, need_dgain=True).path == "factored"
+    # Full rank, T ≫ n: the gain gradient through dyᵀx (T·m·n + r·m·n) beats the projections (2·T·r·n).
+    assert choose_path(4096, 384, 384, 384, need_dx=True, need_dgain=True).gain_gradient == "weight_grad"
+    assert choose_path(1024, 64, 768, 768, need_dx=True, need_dgain=True).gain_gradient == "projections"
+    forced = choose_path(64, 768, 768, 768, need_dx=True, need_dgain=True, forced="merged")
+    assert forced.path == "merged" and forced.forced and "forced" in forced.describe()
+    with pytest.raises(ValueError, match="adapter path must be one of auto, factored, merged"):
+        choose_path(8, 8, 8, 8, need_dx=True, need_dgain=True, forced="fused")
+
+
+def _trained_layer(method: str, r: int, n: int = 40, m: int = 32) -> AdapterLayer:
+    torch.manual_seed(3)
+    layer = AdapterLayer(nn.Linear(n, m), "default", AdapterSpec(method=method, r=r, alpha=2.0 * r))
+    layer.get_base_layer().requires_grad_(False)
+    with torch.no_grad():
+        for p in layer.pi_adapters.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return layer
+
+
+@pytest.mark.parametrize("method", ["svfit", "loldu"])
+def test_adapter_layer_paths_agree_and_the_choice_is_visible(method, monkeypatch):
+    layer = _trained_layer(method, r=32)
+    x = torch.randn(4, 300, 40)
+    results = {}
+    for path in ("factored", "merged"):
+        layer.adapter_path = path
+        xi = x.clone().requires_grad_()
+        layer.zero_grad()
+        out = layer(xi)
+        out.square().sum().backward()
+        assert layer.last_path.path == path and layer.last_path.forced
+        assert f"last call: {path} (forced" in repr(layer)
+        results[path] = (out.detach(), xi.grad, [p.grad.clone() for p in layer.pi_adapters.parameters()])
+    (out_f, dx_f, g_f), (out_m, dx_m, g_m) = results["factored"], results["merged"]
+    assert rel_err(out_m, out_f) < 1e-5 and rel_err(dx_m, dx_f) < 1e-5
+    assert all(rel_err(a, b) < 1e-5 for a, b in zip(g_m, g_f, strict=True))
+    layer.adapter_path = "auto"
+    layer(x.requires_grad_())  # 1,200 tokens at full rank of a 32 × 40 weight: the model merges
+    assert layer.last_path.path == "merged" and not layer.last_path.forced
+    assert "adapter_path=auto, last call: merged (cost model" in repr(layer)
+    monkeypatch.setenv(ADAPTER_PATH_ENV, "factored")
+    layer(x)
+    assert layer.last_path.path == "factored" and layer.last_path.forced
+    monkeypatch.setenv(ADAPTER_PATH_ENV, "sideways")
+    with pytest.raises(ValueError, match=r"\$PEFT_INITS_ADAPTER_PATH must be one of"):
+        layer(x)
+
+
+def test_lora_and_multi_adapter_calls_stay_factored():
+    layer = _trained_layer("lora", r=32)
+    layer.adapter_path = "merged"
+    layer(torch.randn(1200, 40))
+    assert layer.last_path is None  # trainable factors: the merged path does not apply
+    svfit = _trained_layer("svfit", r=32)
+    svfit.update_layer("second", AdapterSpec(method="svfit", r=4))
+    svfit.set_adapter(["default", "second"])
+    svfit.adapter_path = "merged"
+    x = torch.randn(1200, 40)
+    out = svfit(x)
+    want = svfit.get_base_layer()(x) + svfit.delta_forward(x, "default") + svfit.delta_forward(x, "second")
+    assert svfit.last_path is None and torch.allclose(out, want, atol=1e-5)
+
+
+def test_merged_path_without_saved_weight_keeps_only_the_projections():
+    weight, bias, x, p = _merged_problem(torch.float32, True, tokens=64, n=40, m=48, r=6)
+    gain = p.gain.detach().clone().requires_grad_()
+    sizes = {}
+    for save in (True, False):
+        stored = []
+
+        def pack(t, stored=stored):
+            stored.append(t)
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            merged_linear(x, weight, bias, p.down, gain, p.up, 1.0, save_merged=save)
+        sizes[save] = sum(t.numel() for t in stored if t is not None and t.data_ptr() != weight.data_ptr())
+    assert sizes[True] - sizes[False] == 48 * 40 - 6  # W′ saved, or instead only a reference to the r gains

@@ -4,10 +4,12 @@ Adapter paths of one layer (the names the report uses):
 
 - ``frozen``: the base `nn.Linear`, weights frozen (the 1.00 of every ratio).
 - ``peft_lora``: PEFT's own `LoraConfig` LoRA layer.
-- ``lora``, ``svfit``, ``loldu`` with a path suffix: ``_fused`` = our `AdapterLayer` on its default path
-  (`peft_inits.kernels.adapter_delta`: Triton on CUDA, the fused torch Function on CPU); ``_factored`` = the same
-  layer on the unfused reference maths (`functional.linear_delta` under plain autograd); ``_merged`` = ΔW rebuilt
-  and added to W on every step, as the official LoLDU code does.
+- ``lora``, ``svfit``, ``loldu`` with a path suffix: ``_auto`` = our `AdapterLayer` as users get it (the cost
+  model of `peft_inits.kernels.cost` picks factored or merged per call); ``_fused`` = forced factored path through
+  `peft_inits.kernels.adapter_delta` (Triton on CUDA, the fused torch Function on CPU); ``_factored`` = forced
+  factored path on the unfused reference maths (`functional.linear_delta` under plain autograd); ``_onegemm`` =
+  forced merged path (`kernels.merged`: one GEMM with W + ΔW, custom backward); ``_merged`` = ΔW rebuilt and added
+  to W under plain autograd on every step, as the official LoLDU code does.
 """
 
 from __future__ import annotations
@@ -37,9 +39,13 @@ LAYER_VARIANTS = (
     "lora_factored",
     "svfit_factored",
     "svfit_fused",
+    "svfit_onegemm",
+    "svfit_auto",
     "svfit_merged",
     "loldu_factored",
     "loldu_fused",
+    "loldu_onegemm",
+    "loldu_auto",
     "loldu_merged",
 )
 
@@ -73,16 +79,29 @@ class MergedEveryStep(nn.Module):
 
 
 class OnPath(nn.Module):
-    """Runs a module with `peft_inits.kernels.use_backend(backend)` in force (``reference`` = factored)."""
+    """Runs a module with `use_backend(backend)` in force and every AdapterLayer in it on `path`.
 
-    def __init__(self, module: nn.Module, backend: str) -> None:
+    ``backend="reference"`` with ``path="factored"`` is the unfused factored maths; layers are shared between
+    variants, so the path is set for the duration of each call only.
+    """
+
+    def __init__(self, module: nn.Module, backend: str = "auto", path: str = "auto") -> None:
         super().__init__()
         self.module = module
         self.backend = backend
+        self.path = path
 
     def forward(self, *args, **kwargs):
-        with use_backend(self.backend):
-            return self.module(*args, **kwargs)
+        layers = [m for m in self.module.modules() if isinstance(m, AdapterLayer)]
+        previous = [layer.adapter_path for layer in layers]
+        for layer in layers:
+            layer.adapter_path = self.path
+        try:
+            with use_backend(self.backend):
+                return self.module(*args, **kwargs)
+        finally:
+            for layer, path in zip(layers, previous, strict=True):
+                layer.adapter_path = path
 
 
 class _Holder(nn.Module):
@@ -127,9 +146,11 @@ def build_layer_variants(
     for method in ADAPTER_METHODS:
         layer = AdapterLayer(base, "default", adapter_spec(method, r)).to(device)
         _perturb_trainables(layer)
-        variants[f"{method}_fused"] = layer
-        variants[f"{method}_factored"] = OnPath(layer, "reference")
+        variants[f"{method}_auto"] = layer
+        variants[f"{method}_fused"] = OnPath(layer, "auto", "factored")
+        variants[f"{method}_factored"] = OnPath(layer, "reference", "factored")
         if method != "lora":
+            variants[f"{method}_onegemm"] = OnPath(layer, "auto", "merged")
             variants[f"{method}_merged"] = MergedEveryStep(layer)
     _perturb_trainables(variants["peft_lora"])
     return {name: variants[name] for name in LAYER_VARIANTS}
@@ -271,3 +292,20 @@ def roberta_base() -> nn.Module:
         num_labels=2,
     )
     return RobertaForSequenceClassification(config)
+
+
+def minilm_shaped() -> nn.Module:
+    """A BERT classifier shaped like all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads, MLP 1536), random weights."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        max_position_embeddings=512,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(config)

@@ -21,9 +21,13 @@ LAYER_COLUMNS = (
     ("lora_fused", "our LoRA"),
     ("svfit_factored", "SVFit factored"),
     ("svfit_fused", "SVFit fused"),
+    ("svfit_onegemm", "SVFit one-GEMM"),
+    ("svfit_auto", "SVFit auto"),
     ("svfit_merged", "SVFit merged/step"),
     ("loldu_factored", "LoLDU factored"),
     ("loldu_fused", "LoLDU fused"),
+    ("loldu_onegemm", "LoLDU one-GEMM"),
+    ("loldu_auto", "LoLDU auto"),
     ("loldu_merged", "LoLDU merged/step"),
 )
 LAYER_LABELS = {
@@ -42,6 +46,9 @@ INIT_LABELS = {
     "loldu_full": "LoLDU, full LU",
     "peft_pissa": 'PEFT `init_lora_weights="pissa"`',
     "peft_pissa_niter_4": 'PEFT `init_lora_weights="pissa_niter_4"`',
+    "peft_olora": 'PEFT `init_lora_weights="olora"`',
+    "svfit_randomized_niter_4": "SVFit, randomized SVD (niter 4, +10 columns)",
+    "loldu": "LoLDU, default (partial pivoting, auto method)",
 }
 
 
@@ -117,8 +124,10 @@ def layer_sections(benchmarks: list[dict]) -> list[str]:
         groups[key][e["variant"]] = b
     out = []
 
-    headline = [k for k in groups if k[1] == "train" and k[3] == k[4] == 768 and k[6] == 8]
-    for key in headline[:1]:
+    headline = sorted(
+        (k for k in groups if k[1] == "train" and k[3] == k[4] == 768 and k[5] >= 512), key=lambda k: (k[5], k[6])
+    )
+    for key in headline:
         variants = groups[key]
         rows = []
         for name, label in LAYER_LABELS.items():
@@ -136,7 +145,8 @@ def layer_sections(benchmarks: list[dict]) -> list[str]:
                 )
             )
         out.append(
-            f"### Headline: one {key[3]}×{key[4]} Linear, {key[5]} tokens, r = 8, forward + backward ({key[0]})\n\n"
+            f"### Headline: one {key[3]}×{key[4]} Linear, {key[5]} tokens, r = {key[6]}, "
+            f"forward + backward ({key[0]})\n\n"
             + table(["path", "min ms", "× frozen", "× PEFT LoRA", "saved for backward, KiB", "trainable"], rows)
         )
 
@@ -188,10 +198,14 @@ def model_sections(benchmarks: list[dict]) -> list[str]:
                 )
             )
         tokens = items[0]["extra_info"].get("tokens")
-        unit = "tokens" if name == "roberta-base" else "latents of 8×8"
+        unit = "latents of 8×8" if name == "tiny-unet" else "tokens"
         peak = items[0]["extra_info"].get("peak_method", "?")
         out.append(
             f"### {name}: one training step ({tokens} {unit}), peak memory measured as `{peak}`\n\n"
+            "Variant names: `<method>_<targets>[_r<rank>][_<path>]`; no path suffix = the layer's default (the cost "
+            "model), `_factored` = forced factored path (fused Function), `_merged` = ΔW rebuilt every step under "
+            "plain autograd (official LoLDU code). × PEFT LoRA compares with PEFT LoRA at its default rank on the "
+            "same targets.\n\n"
             + table(
                 ["variant", "min ms", "× frozen", "× PEFT LoRA (same targets)", "trainable", "saved MiB", "peak MiB"],
                 rows,
@@ -202,6 +216,28 @@ def model_sections(benchmarks: list[dict]) -> list[str]:
 
 def init_sections(benchmarks: list[dict]) -> list[str]:
     out = []
+    paired = [b for b in benchmarks if b["extra_info"].get("kind") == "init_paired"]
+    if paired:
+        inits = list(dict.fromkeys(k for b in paired for k in b["extra_info"]["paired_min_s"]))
+        rows = []
+        for init in inits:
+            cells = [INIT_LABELS.get(init, init)]
+            for b in paired:
+                times = b["extra_info"]["paired_min_s"]
+                t, ref = times.get(init), times.get("peft_pissa_niter_4")
+                cells.append("–" if t is None else f"{secs(t)} ({ratio(t / ref) if ref else '–'})")
+            rows.append(cells)
+        header = [
+            f"{b['extra_info']['target']}: {b['extra_info']['matrices']} matrices, "
+            f"{b['extra_info']['weights_M']:.1f} M weights"
+            for b in paired
+        ]
+        out.append(
+            f"### Whole-model init, r = {paired[0]['extra_info']['r']}: seconds (× PEFT pissa_niter_4), round-robin "
+            "minima inside one test per target\n\n"
+            "`get_peft_model` on the target Linears only (real names and shapes, random weights).\n\n"
+            + table(["init", *header], rows)
+        )
     whole = [b for b in benchmarks if b["extra_info"].get("kind") == "init_model"]
     if whole:
         times = {b["extra_info"]["init"]: b["stats"]["min"] for b in whole}
@@ -252,11 +288,16 @@ uses the GPU and the full set by default: `bash tests/benchmarks/run_gpu.sh`.)
 
 How to read the numbers:
 
-- **Paths.** *factored* = our adapter layer on the unfused reference maths (`functional.linear_delta` under plain
-  autograd); *fused* = the layer's default path, `peft_inits.kernels.adapter_delta` (Triton kernels on CUDA, the
-  same autograd Function in torch on CPU: scale folded into the r-wide gain, only h = x Rᵀ saved, no dR/dC GEMMs
-  for frozen factors); *merged/step* = ΔW rebuilt and added to W on every step, as the official LoLDU code does.
-  PEFT LoRA is PEFT's own `LoraConfig`; all adapters use alpha = r (scale 1).
+- **Paths.** *factored* = our adapter layer forced onto the unfused reference maths (`functional.linear_delta`
+  under plain autograd); *fused* = forced factored path through `peft_inits.kernels.adapter_delta` (Triton kernels
+  on CUDA, the same autograd Function in torch on CPU: scale folded into the r-wide gain, only h = x Rᵀ saved, no
+  dR/dC GEMMs for frozen factors); *one-GEMM* = forced merged path (`kernels/merged.py`: W′ = W + ΔW formed once
+  per call, one GEMM forward and one for dx, the gain gradient from the projections or from dyᵀx, whichever the
+  cost model says is cheaper); *auto* = the layer as users get it: `kernels/cost.py` picks factored or one-GEMM
+  per call from (T, r, m, n); *merged/step* = ΔW rebuilt and added to W under plain autograd on every step, as the
+  official LoLDU code does. PEFT LoRA is PEFT's own `LoraConfig`; all adapters use alpha = r (scale 1).
+- **Shared machine.** 2 CPU cores shared by several agents, 1 torch thread, run under `nice -n 5`: absolute times
+  drift by up to 2× between tests; compare ratios taken inside one test.
 - **Ratios** (× frozen, × PEFT LoRA) come from round-robin minima: inside each test the variant, the frozen base
   and (per layer) PEFT LoRA run in turn for about a second, and each one's best time is kept. This cancels most
   of the drift of a shared machine; absolute milliseconds are the test's own minimum and drift more.

@@ -1,7 +1,8 @@
 """Per-layer step time: forward (inference) and forward + backward of one projection, every adapter path.
 
-Shapes: RoBERTa-base / ViT-B (768², ViT-B MLP 3072×768), SD-1.5 attention (320/640/1280 wide self-attention,
-768-wide cross-attention context) and LLaMA-7B (4096², 11008×4096, 4096×11008); r ∈ {1, 8, 64}. The `cpu` set keeps
+Shapes: RoBERTa-base / ViT-B (768², ViT-B MLP 3072×768), MiniLM (384², the `compare` setting), SD-1.5 attention
+(320/640/1280 wide self-attention, 768-wide cross-attention context) and LLaMA-7B (4096², 11008×4096, 4096×11008);
+r ∈ {8, 64, full} on the headline shapes, 8 elsewhere. The `cpu` set keeps
 token counts and the grid small enough for one CPU thread; `full` uses training-sized token counts.
 """
 
@@ -24,8 +25,10 @@ from conftest import bench_device, bench_set
 
 pytestmark = pytest.mark.perf
 
-CPU_GRID = [  # (shape, ranks, modes)
-    (LayerShape("roberta-base q", 768, 768, 512), (1, 8, 64), ("forward", "train")),
+CPU_GRID = [  # (shape, ranks, modes); 768 and 384 are full rank
+    (LayerShape("roberta-base q", 768, 768, 1024), (8, 64, 768), ("forward", "train")),
+    (LayerShape("minilm q (compare)", 384, 384, 2048), (8, 64, 384), ("train",)),
+    (LayerShape("roberta-base q", 768, 768, 128), (8, 768), ("train",)),
     (LayerShape("vit-b fc1", 768, 3072, 394), (8,), ("train",)),
     (LayerShape("sd15 attn1.q 320", 320, 320, 1024), (8,), ("train",)),
     (LayerShape("sd15 attn2.k 320", 768, 320, 154), (8,), ("train",)),
@@ -34,9 +37,11 @@ CPU_GRID = [  # (shape, ranks, modes)
     (LayerShape("llama-7b up", 4096, 11008, 64), (8,), ("train",)),
 ]
 ALL = (1, 8, 64)
+HIGH = (8, 64, 768)
 BOTH = ("forward", "train")
 FULL_GRID = [
-    (LayerShape("roberta-base q", 768, 768, 4096), ALL, BOTH),
+    (LayerShape("roberta-base q", 768, 768, 4096), (1, *HIGH), BOTH),
+    (LayerShape("minilm q (compare)", 384, 384, 2048), (8, 64, 384), BOTH),
     (LayerShape("vit-b q", 768, 768, 6304), ALL, BOTH),
     (LayerShape("vit-b fc1", 768, 3072, 6304), ALL, BOTH),
     (LayerShape("sd15 attn1.q 320", 320, 320, 8192), ALL, BOTH),

@@ -1,5 +1,6 @@
-"""Model-level training step and its memory: a RoBERTa-base-sized encoder (random weights, built from its config)
-and the tiny SD-shaped UNet, every adapter method and path against the frozen model and PEFT LoRA.
+"""Model-level training step and its memory: a RoBERTa-base-sized encoder, a MiniLM-shaped BERT at the `compare`
+setting (q,v, batch 16×128, r = 8 and full rank 384) — random weights, built from their configs — and the tiny
+SD-shaped UNet, every adapter method and path against the frozen model and PEFT LoRA.
 
 The frozen model's step is forward + backward down to grad-requiring inputs (input embeddings / the noisy
 latents), so every variant runs the same backward through all layers and differs only in what the adapters add.
@@ -19,6 +20,7 @@ from bench_utils import (
     MergedEveryStep,
     OnPath,
     interleaved_minima,
+    minilm_shaped,
     peak_step_memory,
     roberta_base,
     saved_activation_bytes,
@@ -33,8 +35,10 @@ from peft_inits import AdapterLayer, LoLDUConfig, LoRAConfig, SVFitConfig
 
 pytestmark = pytest.mark.perf
 
-RANK = {"roberta-base": 8, "tiny-unet": 4}  # the tiny UNet's narrowest attention is 8 wide
+RANK = {"roberta-base": 8, "minilm": 8, "tiny-unet": 4}  # the tiny UNet's narrowest attention is 8 wide
+TEXT_MODELS = {"roberta-base": 768, "minilm": 384}  # hidden sizes
 TARGETS = {
+    "minilm": {"qv": ["query", "value"]},
     "roberta-base": {
         "qv": ["query", "value"],
         "all": ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"],
@@ -51,10 +55,19 @@ class Variant:
     name: str
     adapter: str | None = None
     targets: str | None = None
-    path: str = "fused"  # fused | factored | merged
+    path: str = "fused"  # fused (the layer's default: cost model) | factored | merged
+    r: int | None = None  # None: RANK[model]
 
 
 def _variants(model: str) -> list[Variant]:
+    if model == "minilm":
+        out = [Variant("frozen")]
+        out += [Variant(f"{a}_qv", a, "qv") for a in ("peft_lora", "lora", "svfit", "loldu")]
+        for adapter in ("svfit", "loldu"):
+            out.append(Variant(f"{adapter}_qv_r384", adapter, "qv", r=384))
+            out.append(Variant(f"{adapter}_qv_r384_factored", adapter, "qv", "factored", r=384))
+        out.append(Variant("loldu_qv_r384_merged", "loldu", "qv", "merged", r=384))
+        return out
     if model == "tiny-unet":
         groups = [("attn", ("peft_lora", "lora", "svfit", "loldu"))]
     else:
@@ -72,13 +85,13 @@ def _variants(model: str) -> list[Variant]:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "model_case" in metafunc.fixturenames:
-        cases = [(model, v) for model in ("roberta-base", "tiny-unet") for v in _variants(model)]
+        cases = [(model, v) for model in ("roberta-base", "minilm", "tiny-unet") for v in _variants(model)]
         metafunc.parametrize("model_case", cases, ids=[f"{m}-{v.name}" for m, v in cases])
 
 
 @functools.lru_cache(maxsize=1)
 def _base(model: str, device: str) -> nn.Module:
-    base = roberta_base() if model == "roberta-base" else tiny_unet()
+    base = {"roberta-base": roberta_base, "minilm": minilm_shaped}.get(model, tiny_unet)()
     return base.to(device).train().requires_grad_(False)
 
 
@@ -97,7 +110,7 @@ def build_variant(model: str, variant: Variant, device: torch.device) -> nn.Modu
         return net
     if variant.adapter == "full":
         return net.requires_grad_(True)
-    r, targets = RANK[model], TARGETS[model][variant.targets]
+    r, targets = variant.r or RANK[model], TARGETS[model][variant.targets]
     if variant.adapter == "peft_lora":
         net = get_peft_model(net, LoraConfig(r=r, lora_alpha=r, target_modules=targets))
     else:
@@ -108,7 +121,7 @@ def build_variant(model: str, variant: Variant, device: torch.device) -> nn.Modu
             if p.requires_grad:
                 p.add_(0.01 * torch.randn_like(p))
     if variant.path == "factored":
-        return OnPath(net, "reference")
+        return OnPath(net, "auto", "factored")
     if variant.path == "merged":
         return _with_merged_every_step(net)
     return net
@@ -116,9 +129,9 @@ def build_variant(model: str, variant: Variant, device: torch.device) -> nn.Modu
 
 def _inputs(model: str, device: torch.device, full: bool) -> dict[str, Any]:
     g = torch.Generator().manual_seed(1)
-    if model == "roberta-base":
-        batch, seq = (8, 128) if full else (2, 64)
-        embeds = torch.randn(batch, seq, 768, generator=g).to(device).requires_grad_(True)
+    if model in TEXT_MODELS:
+        batch, seq = (16, 128) if model == "minilm" else (8, 128) if full else (2, 64)
+        embeds = torch.randn(batch, seq, TEXT_MODELS[model], generator=g).to(device).requires_grad_(True)
         return {"inputs_embeds": embeds, "labels": torch.randint(0, 2, (batch,), generator=g).to(device)}
     batch = 8 if full else 2
     return {
@@ -136,7 +149,7 @@ def make_train_step(model: str, net: nn.Module, inputs: dict[str, Any], device: 
         for t in (*params, *leaves):
             t.grad = None
         out = net(**inputs)
-        loss = out.loss if model == "roberta-base" else out.sample.float().square().mean()
+        loss = out.loss if model in TEXT_MODELS else out.sample.float().square().mean()
         loss.backward()
         synchronize(device)
 
@@ -173,9 +186,9 @@ def test_model_train_step(benchmark, model_case, request):
         targets=variant.targets,
         path=variant.path,
         tokens=int(inputs["inputs_embeds"].shape[0] * inputs["inputs_embeds"].shape[1])
-        if model == "roberta-base"
+        if model in TEXT_MODELS
         else int(inputs["sample"].shape[0]),
-        r=None if variant.adapter in (None, "full") else RANK[model],
+        r=None if variant.adapter in (None, "full") else variant.r or RANK[model],
         trainable=sum(p.numel() for p in net.parameters() if p.requires_grad),
         saved_bytes=saved,
         peak_bytes=peak["peak_bytes"],
