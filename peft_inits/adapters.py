@@ -85,6 +85,9 @@ class AdapterWeights(nn.Module):
     """
 
     method: ClassVar[str]  # set by register_method
+    # True: __init__ computes `Fn.checked_fingerprint` itself (to reuse ‖W‖ in its decomposition) and attaches it;
+    # otherwise `build_adapter` does, and that is the weight's one finiteness check.
+    attaches_fingerprint: ClassVar[bool] = False
 
     def __init__(self, r: int, scale: float) -> None:
         super().__init__()
@@ -201,6 +204,8 @@ def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     method = get_method(spec.method)
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
+    if method.weights.attaches_fingerprint:
+        return method.weights(weight, spec)
     fingerprint = Fn.checked_fingerprint(weight, "base weight")  # also the one finiteness check of W
     adapter = method.weights(weight, spec)
     adapter.attach_fingerprint(fingerprint)

@@ -72,10 +72,19 @@ class LoLDUWeights(DecomposedWeights):
     """down = U_r (with the column permutation for rook/complete), up = P·L_r, gain = σ·z − σ₀·z_ref."""
 
     reference_name = "D"
+    attaches_fingerprint = True
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
         options: LoLDUOptions = spec.options
-        f = Fn.pivoted_ldu(weight, spec.r, method=options.ldu_method, pivoting=options.pivoting, dtype=spec.dtype)
+        fingerprint = Fn.checked_fingerprint(weight, "base weight")  # its ‖W‖ scales the pivot tolerance: 2 reads of W
+        f = Fn.pivoted_ldu(
+            weight,
+            spec.r,
+            method=options.ldu_method,
+            pivoting=options.pivoting,
+            dtype=spec.dtype,
+            scale=float(fingerprint[0]),
+        )
         super().__init__(spec.r, 1.0)
         self.decompose_dtype = spec.dtype
         self.store_factors(weight, f.down().float(), f.up().float(), spec.embed_factors)
@@ -94,6 +103,7 @@ class LoLDUWeights(DecomposedWeights):
         z0 = initial_z(self.D.cpu(), options.z_init, generator).to(self.D.device)
         self.z = nn.Parameter(z0.clone())
         self.register_buffer("z_ref", z0.clone() if options.z_init in IDENTITY_Z_INITS else self.D.clone())
+        self.attach_fingerprint(fingerprint)
 
     def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
         return self.down, Fn.loldu_gain(self.z, self.z_ref, self.sigma, self.sigma0), self.up
