@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from . import functional as Fn
 from .registry import MethodOptions, get_method
 
+RANDOM_INIT_SEED_OFFSET = 1_000_003  # init_weights=False draws from a stream apart from the method's own seed
 DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -31,6 +32,7 @@ class AdapterSpec:
     seed: int = 0
     embed_factors: bool = False
     decompose_dtype: str = "float32"
+    init_weights: bool = True  # False: `AdapterWeights.init_random` replaces the method's init (PEFT's convention)
     options: Any = field(default=None)  # the method's MethodOptions (a mapping is converted)
 
     def __post_init__(self) -> None:
@@ -79,6 +81,14 @@ class AdapterWeights(nn.Module):
         """The trained gain relative to its init, one value per component; None for methods without a gain."""
         return None
 
+    def init_random(self, generator: torch.Generator) -> None:
+        """`init_weights=False`: overwrite the trained tensors with a random init whose ΔW is not zero.
+
+        PEFT's test matrix uses it so that save/load/merge checks compare something; each method says what random
+        means for it (the frozen factors and saved references stay as they are, so loading still verifies them).
+        """
+        raise NotImplementedError(f"method {self.method!r} defines no random init; use init_weights=True")
+
     def extra_repr(self) -> str:
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
 
@@ -87,6 +97,11 @@ def relative_change(change: Tensor, init: Tensor) -> Tensor:
     """change / |init|, with a floor so a zero init cannot divide by zero; float32 on the CPU."""
     floor = 1e-6 * float(init.abs().max().clamp_min(1e-12))
     return (change / init.abs().clamp_min(floor)).detach().float().cpu()
+
+
+def set_random(param: Tensor, values: Tensor) -> None:
+    """Write a random init into a trained tensor, keeping its dtype and device."""
+    param.copy_(values.to(param))
 
 
 def _fingerprint_bits(weight: Tensor) -> Tensor:
@@ -142,7 +157,11 @@ def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
     Fn.check_finite(weight, "base weight")
-    return method.weights(weight, spec)
+    weights = method.weights(weight, spec)
+    if not spec.init_weights and not any(p.is_meta for p in weights.parameters()):  # meta: a checkpoint fills it
+        with torch.no_grad():
+            weights.init_random(torch.Generator().manual_seed(spec.seed + RANDOM_INIT_SEED_OFFSET))
+    return weights
 
 
 def trainable_count(spec: AdapterSpec, m: int, n: int) -> int:

@@ -46,6 +46,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self.adapter_weights: dict[str, float] = {}  # output multipliers set by composition (default 1)
         self._active_adapter = adapter_name
+        # PEFT's tuner layers expose the wrapped layer's sizes (a Conv2d's channels, as PEFT's LoRA Conv2d does)
+        self.in_features: int = getattr(base_layer, "in_features", getattr(base_layer, "in_channels", 0))
+        self.out_features: int = getattr(base_layer, "out_features", getattr(base_layer, "out_channels", 0))
         self.update_layer(adapter_name, spec)
 
     @property
@@ -55,8 +58,27 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, spec: AdapterSpec) -> None:
         """Add (or replace) adapter `adapter_name`, built from the current base weight."""
         weight = self.get_base_layer().weight
-        self.pi_adapters[adapter_name] = build_adapter(weight, spec).to(weight.device)
+        self.pi_adapters[adapter_name] = build_adapter(weight, spec)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Put one adapter on the base layer's device, keeping its own dtype (fp32 unless the user casts it).
+
+        Adapters whose parameters are still on the meta device (PEFT's `low_cpu_mem_usage=True`: the checkpoint is
+        assigned into them afterwards) are left where they are; PEFT calls this again once they hold real values.
+        """
+        adapter = self.pi_adapters[adapter_name] if adapter_name in self.pi_adapters else None  # noqa: SIM401
+        if adapter is None or any(p.is_meta for p in adapter.parameters()):
+            return
+        target = device if device is not None else self.get_base_layer().weight.device
+        if target.type != "meta":
+            self.pi_adapters[adapter_name] = adapter.to(target)
+
+    def cast_adapter(self, adapter_name: str, dtype: torch.dtype) -> None:
+        """Cast one adapter's floating tensors to `dtype` (a meta adapter only records the dtype)."""
+        if dtype.is_floating_point:
+            self.pi_adapters[adapter_name] = self.pi_adapters[adapter_name].to(dtype=dtype)
 
     def adapter(self, adapter_name: str) -> AdapterWeights:
         return self.pi_adapters[adapter_name]
