@@ -81,6 +81,10 @@ class AdapterWeights(nn.Module):
         """The trained gain relative to its init, one value per component; None for methods without a gain."""
         return None
 
+    def verify(self) -> None:
+        """Check, before use, that state written into this adapter by a loader belongs to its base weight (no-op
+        for methods with nothing derived from W)."""
+
     def init_random(self, generator: torch.Generator) -> None:
         """`init_weights=False`: overwrite the trained tensors with a random init whose ΔW is not zero.
 
@@ -119,6 +123,27 @@ class DecomposedWeights(AdapterWeights):
         self.register_buffer("up", up.contiguous(), persistent=embed)
         self.register_buffer("fingerprint", _fingerprint_bits(weight))
         self.embed_factors = embed
+        self._own_fingerprint = self.fingerprint.detach().cpu().clone()  # what the factors were computed from
+        self._checked: tuple[int, int] | None = None
+
+    def verify(self) -> None:
+        """Loaders that assign tensors directly (transformers' `load_adapter`, which bypasses `load_state_dict`)
+        can overwrite the saved fingerprint without our load hook seeing it: compare it with the base weight the
+        factors came from whenever the buffer has changed since the last check (two integers per call otherwise)."""
+        fp = self.fingerprint
+        if fp.is_meta:
+            return
+        state = (fp.data_ptr(), fp._version)
+        if state == self._checked:
+            return
+        stored = fp.detach().cpu()
+        stored = stored.view(torch.float64) if stored.dtype == torch.int64 else stored.double()
+        if not Fn.fingerprints_match(stored, self._own_fingerprint.view(torch.float64)):
+            raise ValueError(
+                f"this {self.method} adapter was trained on a different base weight (fingerprint {stored.tolist()} "
+                f"vs {self._own_fingerprint.view(torch.float64).tolist()}); load it onto the model it was made for"
+            )
+        self._checked = state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         where = prefix.rstrip(".") or self.method

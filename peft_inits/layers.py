@@ -100,6 +100,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def delta_forward(self, x: Tensor, adapter_name: str) -> Tensor:
         """Δy of one adapter for input x, computed in the adapter's dtype (fp32 by default)."""
         adapter = self.pi_adapters[adapter_name]
+        adapter.verify()
         down, gain, up = adapter.factors()
         x = x.to(down.dtype)
         if not self.is_conv:  # fused down→gain→up (Triton on CUDA, torch elsewhere); same maths as Fn.linear_delta
@@ -119,7 +120,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """ΔW of one adapter, shaped like the base weight, in the adapter's dtype."""
-        down, gain, up = self.pi_adapters[adapter_name].factors()
+        adapter = self.pi_adapters[adapter_name]
+        adapter.verify()
+        down, gain, up = adapter.factors()
         delta = Fn.delta_weight(down, gain, up, self.effective_scale(adapter_name))
         return delta.reshape(self.get_base_layer().weight.shape)
 

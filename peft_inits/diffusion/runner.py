@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from ..export import export_kohya, export_peft_lora
+from ..export import LAYOUTS, export_diffusers_lora, export_kohya, export_peft_lora
 from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
@@ -109,10 +109,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     compose.add_argument("--output", default="composition.png")
     _sample_args(compose, prompts_required=True)
 
-    export = commands.add_parser("export", help="export an adapter as a standard LoRA (PEFT and/or kohya)")
+    export = commands.add_parser("export", help="export an adapter as a standard LoRA (PEFT, diffusers, kohya)")
     _model_arg(export)
     export.add_argument("--adapter", required=True)
-    export.add_argument("--format", choices=("peft", "kohya", "both"), default="both")
+    export.add_argument(
+        "--format",
+        choices=(*LAYOUTS, "all"),
+        default="all",
+        help="peft: PeftModel.from_pretrained; diffusers: pipe.load_lora_weights(dir); kohya: A1111/ComfyUI "
+        "(default: %(default)s)",
+    )
     export.add_argument("--output", default=None, help="default: next to the adapter")
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -268,10 +274,13 @@ def export(args: argparse.Namespace) -> list[Path]:
     load_named_adapter(pipe.unet, args.adapter, "default")
     out = Path(args.output or Path(args.adapter).parent / "export")
     written = []
-    if args.format in ("peft", "both"):
-        written.append(export_peft_lora(pipe.unet, out / "peft_lora"))
-    if args.format in ("kohya", "both"):
-        written.append(export_kohya(pipe.unet, out / "kohya_lora.safetensors"))
+    writers = {
+        "peft": lambda: export_peft_lora(pipe.unet, out / "peft_lora"),
+        "diffusers": lambda: export_diffusers_lora(pipe.unet, out / "diffusers_lora"),
+        "kohya": lambda: export_kohya(pipe.unet, out / "kohya_lora.safetensors"),
+    }
+    for layout in LAYOUTS if args.format == "all" else (args.format,):
+        written.append(writers[layout]())
     for path in written:
         size = sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
         print(f"wrote {path} ({size / 1024:.1f} KiB)")
