@@ -29,7 +29,7 @@ from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
-from .images import CropDataset, embedded_images, load_image_folder, resize_short_side
+from .images import EMBEDDED_SETS, CropDataset, embedded_images, load_image_folder, resize_short_side
 from .objective import PREDICTION_TYPES, DreamBoothData, Frozen, diffusion_task
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, save_grid
 
@@ -70,6 +70,8 @@ def _device_and_dtype(mixed_precision: str) -> tuple[torch.device, torch.dtype]:
 
 
 # ------------------------------------------------------------------------------------------------ arguments
+
+EMBEDDED_DATA = tuple(EMBEDDED_SETS)  # --data values that need no folder
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -128,6 +130,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.command = "train"
         if args.method not in method_names():
             train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(method_names())}")
+        if args.data not in EMBEDDED_DATA and not Path(args.data).is_dir():
+            train.error(
+                f"--data {args.data!r} is neither an embedded set ({', '.join(EMBEDDED_DATA)}) nor an existing folder"
+            )
     return args
 
 
@@ -149,7 +155,7 @@ def _sample_args(parser: argparse.ArgumentParser, prompts_required: bool) -> Non
 
 
 def _training_images(args: argparse.Namespace, resolution: int) -> tuple[list, str]:
-    if args.data in ("subject", "style"):
+    if args.data in EMBEDDED_DATA:
         return embedded_images(args.data, resolution), args.instance_prompt or EMBEDDED_PROMPTS[args.data]
     if not args.instance_prompt:
         raise ValueError("training on your own images needs --instance-prompt (e.g. 'a photo of sks dog')")
