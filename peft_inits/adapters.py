@@ -62,11 +62,38 @@ class AdapterWeights(nn.Module):
     """
 
     method: ClassVar[str]  # set by register_method
+    pending: bool = False  # built for a base weight still on the meta device: `materialize` rebuilds it
+    spec: AdapterSpec  # set by build_adapter
 
     def __init__(self, r: int, scale: float) -> None:
         super().__init__()
         self.r = r
         self.scale = scale
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        if self.pending:  # nothing to verify against yet: keep the saved tensors for `materialize`
+            self.pending_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    def materialize(self, weight: Tensor) -> AdapterWeights:
+        """The adapter rebuilt from the real base weight, with the tensors loaded while it was pending (verified
+        against that weight like any load), the trainable flags kept. Returns self when not pending."""
+        if not self.pending:
+            return self
+        if weight.is_meta:
+            raise ValueError(
+                f"this {self.method} adapter is computed from its base weight, which is still on the meta device; "
+                "load the base model's weights before using the adapter"
+            )
+        fresh = build_adapter(weight, self.spec)
+        state = getattr(self, "pending_state", None)
+        if state:
+            fresh.load_state_dict(state, strict=False)
+        trainable = {n: p.requires_grad for n, p in self.named_parameters()}
+        for name, param in fresh.named_parameters():
+            param.requires_grad_(trainable.get(name, param.requires_grad))
+        return fresh
 
     def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
         """(down R: r×n, gain g: r or None for all ones, up C: m×r)."""
@@ -146,6 +173,9 @@ class DecomposedWeights(AdapterWeights):
         self._checked = state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        if self.pending:
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+            return
         where = prefix.rstrip(".") or self.method
         saved_fp = state_dict.get(prefix + "fingerprint")
         owned = [k for k in state_dict if k.startswith(prefix)]
@@ -177,12 +207,23 @@ class DecomposedWeights(AdapterWeights):
 
 
 def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
-    """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64)."""
+    """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64).
+
+    A base weight on the meta device (a model initialised empty, weights loaded later) gets a pending adapter of the
+    right shapes, built from a seeded stand-in and moved to meta; `AdapterWeights.materialize` recomputes it from
+    the real weight at first use and verifies what was loaded into it meanwhile.
+    """
     method = get_method(spec.method)
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
+    if weight.is_meta:
+        stand_in = torch.randn(weight.shape, generator=torch.Generator().manual_seed(spec.seed))
+        weights = build_adapter(stand_in, spec).to("meta")
+        weights.pending = True
+        return weights
     Fn.check_finite(weight, "base weight")
     weights = method.weights(weight, spec)
+    weights.spec = spec
     if not spec.init_weights and not any(p.is_meta for p in weights.parameters()):  # meta: a checkpoint fills it
         with torch.no_grad():
             weights.init_random(torch.Generator().manual_seed(spec.seed + RANDOM_INIT_SEED_OFFSET))

@@ -62,7 +62,6 @@ def lora_pairs(model: nn.Module, adapter_name: str = "default") -> list[LoRAPair
         if not isinstance(module, AdapterLayer) or adapter_name not in module.pi_adapters:
             continue
         adapter = module.adapter(adapter_name)
-        adapter.verify()
         down, gain, up = adapter.factors()
         with torch.no_grad():
             A, B = Fn.lora_pair(down, gain, up, adapter.scale)

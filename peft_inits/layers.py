@@ -81,7 +81,14 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             self.pi_adapters[adapter_name] = self.pi_adapters[adapter_name].to(dtype=dtype)
 
     def adapter(self, adapter_name: str) -> AdapterWeights:
-        return self.pi_adapters[adapter_name]
+        """One adapter, ready to use: rebuilt from the base weight if it was made while that was on the meta
+        device, and checked against the base weight (see `AdapterWeights.verify`)."""
+        adapter = self.pi_adapters[adapter_name]
+        if adapter.pending:
+            adapter = adapter.materialize(self.get_base_layer().weight)
+            self.pi_adapters[adapter_name] = adapter
+        adapter.verify()
+        return adapter
 
     def set_adapter_weight(self, adapter_name: str, weight: float) -> None:
         """Scale one adapter's delta by `weight` (1 = as trained) without touching its trained state."""
@@ -99,8 +106,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def delta_forward(self, x: Tensor, adapter_name: str) -> Tensor:
         """Δy of one adapter for input x, computed in the adapter's dtype (fp32 by default)."""
-        adapter = self.pi_adapters[adapter_name]
-        adapter.verify()
+        adapter = self.adapter(adapter_name)
         down, gain, up = adapter.factors()
         x = x.to(down.dtype)
         if not self.is_conv:  # fused down→gain→up (Triton on CUDA, torch elsewhere); same maths as Fn.linear_delta
@@ -120,9 +126,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """ΔW of one adapter, shaped like the base weight, in the adapter's dtype."""
-        adapter = self.pi_adapters[adapter_name]
-        adapter.verify()
-        down, gain, up = adapter.factors()
+        down, gain, up = self.adapter(adapter_name).factors()
         delta = Fn.delta_weight(down, gain, up, self.effective_scale(adapter_name))
         return delta.reshape(self.get_base_layer().weight.shape)
 

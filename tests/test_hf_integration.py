@@ -18,8 +18,15 @@ IDS = torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(0))
 
 
 def _trained_roberta(method: str, **kwargs):
+    """A random-init adapter, then moved as training would: a fresh injection cannot reproduce it by chance."""
     config = CONFIGS[method](r=2, target_modules=["query", "value"], init_weights=False, **kwargs)
-    return get_peft_model(tiny_roberta(), config).eval()
+    model = get_peft_model(tiny_roberta(), config).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "pi_adapters" in name:
+                p.add_(0.3 * torch.randn(p.shape, generator=g) * (p.abs().mean() + 0.01))
+    return model
 
 
 def _load_adapter(model, path) -> None:

@@ -112,3 +112,50 @@ def test_peft_type_is_a_real_peft_type_member(method, tmp_path):
 def test_init_weights_must_be_a_bool():
     with pytest.raises(ValueError, match="init_weights must be True or False"):
         _config("svfit", init_weights="gaussian")
+
+
+def _materialize_base(peft_model, source: nn.Module) -> None:
+    """Load real base weights into a model that was initialised on the meta device (as accelerate's loaders do)."""
+    for name, module in source.named_children():
+        wrapped = getattr(peft_model.base_model.model, name)
+        target = wrapped.get_base_layer() if isinstance(wrapped, AdapterLayer) else wrapped
+        target.load_state_dict(module.state_dict(), assign=True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("low_cpu", [False, True])
+def test_meta_base_model_loads_the_adapter_once_its_weights_materialise(method, low_cpu, tmp_path):
+    trained = get_peft_model(_mlp(), _config(method, init_weights=False))
+    expected = trained(X).detach()
+    trained.save_pretrained(tmp_path)
+    with torch.device("meta"):
+        empty = MLP()
+    loaded = PeftModel.from_pretrained(empty, tmp_path, low_cpu_mem_usage=low_cpu)
+    with pytest.raises(ValueError, match="still on the meta device; load the base model's weights"):
+        loaded.base_model.model.fc1.get_delta_weight("default")
+    _materialize_base(loaded, _mlp())
+    assert torch.allclose(loaded(X), expected, atol=1e-6)
+    assert {p.device.type for p in loaded.parameters()} == {"cpu"}
+
+
+@pytest.mark.parametrize("method", [m.name for m in methods() if m.rank_bounded])
+def test_meta_base_model_still_refuses_an_adapter_of_another_base(method, tmp_path):
+    get_peft_model(_mlp(), _config(method, init_weights=False)).save_pretrained(tmp_path)
+    with torch.device("meta"):
+        empty = MLP()
+    loaded = PeftModel.from_pretrained(empty, tmp_path)
+    other = _mlp()
+    with torch.no_grad():
+        other.fc2.weight.mul_(1.5)
+    _materialize_base(loaded, other)
+    with pytest.raises(ValueError, match="different base weight"):
+        loaded(X)
+
+
+def test_meta_base_model_trains_from_the_real_init():
+    with torch.device("meta"):
+        empty = MLP()
+    model = get_peft_model(empty, _config("svfit"))
+    _materialize_base(model, _mlp())
+    assert torch.allclose(model(X), _mlp()(X), atol=1e-6), "identity at step 0 once the weights are real"
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 6
