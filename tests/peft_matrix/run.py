@@ -98,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(test_file.parents[1]), env.get("PYTHONPATH", "")])
     selection = "peft_inits"
     if args.methods:
-        selection += " and (" + " or ".join(f"{m.strip()}Config" for m in args.methods.split(",")) + ")"
+        # "-LoRAConfig-" as it appears in the test ids, so LoRA does not also select MiLoRA
+        selection += " and (" + " or ".join(f"-{m.strip()}Config-" for m in args.methods.split(",")) + ")"
     cmd = [
         sys.executable,
         "-m",
