@@ -68,7 +68,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         Adapters whose parameters are still on the meta device (PEFT's `low_cpu_mem_usage=True`: the checkpoint is
         assigned into them afterwards) are left where they are; PEFT calls this again once they hold real values.
         """
-        adapter = self.pi_adapters[adapter_name] if adapter_name in self.pi_adapters else None  # noqa: SIM401
+        adapter = self.pi_adapters[adapter_name] if adapter_name in self.pi_adapters else None  # noqa: SIM401 (no .get)
         if adapter is None or any(p.is_meta for p in adapter.parameters()):
             return
         target = device if device is not None else self.get_base_layer().weight.device
@@ -85,8 +85,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         device, and checked against the base weight (see `AdapterWeights.verify`)."""
         adapter = self.pi_adapters[adapter_name]
         if adapter.pending:
-            adapter = adapter.materialize(self.get_base_layer().weight)
-            self.pi_adapters[adapter_name] = adapter
+            self.pi_adapters[adapter_name] = adapter.materialize(self.get_base_layer().weight)
+            self._move_adapter_to_device_of_base_layer(adapter_name)
+            adapter = self.pi_adapters[adapter_name]
         adapter.verify()
         return adapter
 

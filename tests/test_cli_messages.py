@@ -32,16 +32,17 @@ def test_demo_rank_must_be_positive(capsys):
     assert "--r: must be an int >= 1, got 0" in capsys.readouterr().err
 
 
-def test_sd_train_names_the_valid_data_values(capsys):
-    with pytest.raises(SystemExit):
-        runner.parse_args(["train", "--data", "subjetc"])
-    assert (
-        "--data 'subjetc' is neither an embedded set (subject, style) nor an existing folder" in capsys.readouterr().err
-    )
+def test_sd_train_names_the_valid_data_values():
+    args = runner.parse_args(["train", "--data", "subjetc"])
+    with pytest.raises(
+        FileNotFoundError, match=r"--data 'subjetc' does not exist: pass an embedded set \(subject, style\)"
+    ):
+        runner.main(args)  # refused before any model is loaded
 
 
-def test_sd_train_accepts_a_data_folder(tmp_path):
-    assert runner.parse_args(["train", "--data", str(tmp_path)]).data == str(tmp_path)
+def test_sd_train_accepts_the_embedded_sets_and_a_folder(tmp_path):
+    for data in ("subject", "style", str(tmp_path)):
+        runner.check_data(data)
 
 
 def test_only_the_torchvision_fallback_note_is_silenced(caplog):

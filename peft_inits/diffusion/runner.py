@@ -130,10 +130,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.command = "train"
         if args.method not in method_names():
             train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(method_names())}")
-        if args.data not in EMBEDDED_DATA and not Path(args.data).is_dir():
-            train.error(
-                f"--data {args.data!r} is neither an embedded set ({', '.join(EMBEDDED_DATA)}) nor an existing folder"
-            )
     return args
 
 
@@ -186,7 +182,16 @@ def _at_least(image, resolution: int):
     return resize_short_side(image, resolution) if min(image.size) < resolution else image
 
 
+def check_data(data: str) -> None:
+    """Refuse a --data that is neither an embedded set nor a folder before anything is loaded."""
+    if data not in EMBEDDED_DATA and not Path(data).is_dir():
+        raise FileNotFoundError(
+            f"--data {data!r} does not exist: pass an embedded set ({', '.join(EMBEDDED_DATA)}) or an image folder"
+        )
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
+    check_data(args.data)
     device, dtype = _device_and_dtype(args.mixed_precision)
     pipe = load_pipeline(args.model, dtype if args.model else torch.float32)
     resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
