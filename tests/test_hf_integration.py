@@ -90,9 +90,7 @@ def test_trainer_with_gradient_checkpointing_trains_only_the_adapter(tmp_path):
     frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     trained_before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     g = torch.Generator().manual_seed(1)
-    data = Dataset.from_dict(
-        {"input_ids": torch.randint(0, 100, (16, 12), generator=g).tolist(), "labels": [0, 1] * 8}
-    )
+    data = Dataset.from_dict({"input_ids": torch.randint(0, 100, (16, 12), generator=g).tolist(), "labels": [0, 1] * 8})
     args = TrainingArguments(
         output_dir=str(tmp_path),
         max_steps=4,
