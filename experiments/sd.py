@@ -7,7 +7,11 @@ All options: `python experiments/sd.py {train,sample,compose,export} --help`. Th
 `peft_inits.diffusion`.
 """
 
-from peft_inits.diffusion.runner import main, parse_args
+from peft_inits.diffusion.quiet import silence_image_processor_fallback
+
+silence_image_processor_fallback()  # before diffusers loads its pipelines
+
+from peft_inits.diffusion.runner import main, parse_args  # noqa: E402
 
 if __name__ == "__main__":
     main(parse_args())

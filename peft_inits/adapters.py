@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from . import functional as Fn
 from .registry import MethodOptions, get_method
 
+RANDOM_INIT_SEED_OFFSET = 1_000_003  # init_weights=False draws from a stream apart from the method's own seed
 DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Relative tolerance of a saved reference (σ_r, D_r) against its recomputed value, by the coarser of the dtypes
 # involved (the saved tensor's and the base weight's): decomposition noise in fp32, rounding of the weights or of
@@ -56,6 +57,7 @@ class AdapterSpec:
     seed: int = 0
     embed_factors: bool = False
     decompose_dtype: str = "float32"
+    init_weights: bool = True  # False: `AdapterWeights.init_random` replaces the method's init (PEFT's convention)
     options: Any = field(default=None)  # the method's MethodOptions (a mapping is converted)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,8 @@ class AdapterWeights(nn.Module):
     # True: __init__ computes `Fn.checked_fingerprint` itself (to reuse ‖W‖ in its decomposition) and attaches it;
     # otherwise `build_adapter` does, and that is the weight's one finiteness check.
     attaches_fingerprint: ClassVar[bool] = False
+    pending: bool = False  # built for a base weight still on the meta device: `materialize` rebuilds it
+    spec: AdapterSpec  # set by build_adapter
 
     def __init__(self, r: int, scale: float) -> None:
         super().__init__()
@@ -110,7 +114,61 @@ class AdapterWeights(nn.Module):
     def attach_fingerprint(self, fingerprint: Tensor) -> None:
         """Record which base weight this adapter was built on (`Fn.weight_fingerprint`; saved, checked on load).
         Kept as the int64 bit pattern of float64 values so `model.half()` or PEFT's dtype casts cannot round it."""
-        self.register_buffer("fingerprint", fingerprint.double().cpu().view(torch.int64).to(self._device()))
+        bits = fingerprint.double().cpu().view(torch.int64)
+        self.register_buffer("fingerprint", bits.to(self._device()))
+        self._own_fingerprint = bits.clone()  # what the factors were computed from
+        self._checked: tuple[int, int] | None = None
+
+    def check_before_use(self) -> None:
+        """Loaders that assign tensors directly (transformers' `load_adapter` bypasses `load_state_dict`) can
+        overwrite the saved fingerprint without the tuner's load check seeing it: compare it with the base weight
+        this adapter was built on whenever the buffer changed since the last check (two integers per call otherwise)."""
+        fp = self.fingerprint
+        if fp.is_meta:
+            return
+        state = (fp.data_ptr(), fp._version)
+        if state == self._checked:
+            return
+        stored = fp.detach().cpu()
+        stored = stored.view(torch.float64) if stored.dtype == torch.int64 else stored.double()
+        own = self._own_fingerprint.view(torch.float64)
+        if not Fn.fingerprints_match(stored, own) and not _ALLOW_OTHER_BASE.get():
+            raise ValueError(
+                f"this {self.method} adapter was trained on a different base weight (fingerprint {stored.tolist()} "
+                f"vs {own.tolist()}); load it onto the model it was made for"
+            )
+        self._checked = state
+
+    def init_random(self, generator: torch.Generator) -> None:
+        """`init_weights=False`: overwrite the trained tensors with a random init whose ΔW is not zero.
+
+        PEFT's test matrix uses it so that save/load/merge checks compare something; each method says what random
+        means for it (the frozen factors and saved references stay as they are, so loading still verifies them).
+        """
+        raise NotImplementedError(f"method {self.method!r} defines no random init; use init_weights=True")
+
+    def materialize(self, weight: Tensor) -> AdapterWeights:
+        """The adapter rebuilt from the real base weight, with the tensors loaded while it was pending (verified
+        against that weight like any load), the trainable flags kept. Returns self when not pending."""
+        if not self.pending:
+            return self
+        if weight.is_meta:
+            raise ValueError(
+                f"this {self.method} adapter is computed from its base weight, which is still on the meta device; "
+                "load the base model's weights before using the adapter"
+            )
+        fresh = build_adapter(weight, self.spec)
+        state = getattr(self, "pending_state", None)
+        if state:
+            commit = fresh.verify(state, self.method, weight)
+            if commit is not None:
+                commit()
+            fresh.__dict__["_preverified"] = True
+            fresh.load_state_dict(state, strict=False)
+        trainable = {n: p.requires_grad for n, p in self.named_parameters()}
+        for name, param in fresh.named_parameters():
+            param.requires_grad_(trainable.get(name, param.requires_grad))
+        return fresh
 
     def _device(self) -> torch.device:
         tensor = next(iter(self.state_dict().values()), None)
@@ -124,24 +182,38 @@ class AdapterWeights(nn.Module):
         if saved is None:
             raise ValueError(f"{where}: adapter file has no base-weight fingerprint; refusing to load it")
         stored = saved.view(torch.float64) if saved.dtype == torch.int64 else saved.double()
-        own = self.fingerprint.view(torch.float64)
-        if (stored.shape != (4,) or not Fn.fingerprints_match(stored, own)) and not _ALLOW_OTHER_BASE.get():
+        own = self._own_fingerprint.view(torch.float64)  # never on the meta device, unlike the buffer
+        if stored.shape == (4,) and Fn.fingerprints_match(stored, own):
+            return None
+        if not _ALLOW_OTHER_BASE.get():
             raise ValueError(
                 f"{where}: this {self.method} adapter was trained on a different base weight (fingerprint "
                 f"{stored.tolist()} vs {own.tolist()}); load it onto the model it was made for, or on purpose "
                 "inside peft_inits.adapters.allow_other_base()"
             )
-        return None
+
+        def accept() -> None:  # the file's fingerprint is copied in: later checks before use must accept it
+            self._own_fingerprint = stored.detach().cpu().clone().view(torch.int64)
+
+        return accept
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
         # The tuner verifies a whole file before anything loads; this covers modules loaded on their own.
         owned = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if self.pending:  # nothing to verify against yet: keep the saved tensors for `materialize`
+            self.pending_state = owned
+            return
         if owned and not self.__dict__.pop("_preverified", False):
             self.verify(owned, prefix.rstrip(".") or self.method, None)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def extra_repr(self) -> str:
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
+
+
+def set_random(param: Tensor, values: Tensor) -> None:
+    """Write a random init into a trained tensor, keeping its dtype and device."""
+    param.copy_(values.to(param))
 
 
 def relative_change(change: Tensor, init: Tensor) -> Tensor:
@@ -172,7 +244,7 @@ class DecomposedWeights(AdapterWeights):
                 f"{where}: checkpoint has rank {saved_ref.shape[0]} but this model's adapter has rank "
                 f"{own_ref.shape[0]}; build the model with the checkpoint's config"
             )
-        if "down" in state:  # embedded factors are loaded as saved: nothing to recompute
+        if "down" in state or own_ref.is_meta:  # embedded factors load as saved; meta: checked when materialised
             return commit
         repinned = None if weight is None else self.repin(state, weight)
         ref = own_ref if repinned is None else repinned[self.reference_name]
@@ -200,16 +272,31 @@ class DecomposedWeights(AdapterWeights):
 
 
 def build_adapter(weight: Tensor, spec: AdapterSpec) -> AdapterWeights:
-    """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64)."""
+    """Build the adapter weights for `weight` (kept fp32 whatever the model dtype; decomposed in fp32/fp64).
+
+    A base weight on the meta device (a model initialised empty, weights loaded later) gets a pending adapter of the
+    right shapes, built from a seeded stand-in and moved to meta; `AdapterWeights.materialize` recomputes it from
+    the real weight at first use and verifies what was loaded into it meanwhile.
+    """
     method = get_method(spec.method)
     m, n = Fn.weight_matrix(weight).shape
     method.check_rank(spec.r, m, n)
+    if weight.is_meta:
+        stand_in = torch.randn(weight.shape, generator=torch.Generator().manual_seed(spec.seed))
+        weights = build_adapter(stand_in, spec).to("meta")
+        weights.pending = True
+        return weights
     if method.weights.attaches_fingerprint:
-        return method.weights(weight, spec)
-    fingerprint = Fn.checked_fingerprint(weight, "base weight")  # also the one finiteness check of W
-    adapter = method.weights(weight, spec)
-    adapter.attach_fingerprint(fingerprint)
-    return adapter
+        weights = method.weights(weight, spec)
+    else:
+        fingerprint = Fn.checked_fingerprint(weight, "base weight")  # also the one finiteness check of W
+        weights = method.weights(weight, spec)
+        weights.attach_fingerprint(fingerprint)
+    weights.spec = spec
+    if not spec.init_weights and not any(p.is_meta for p in weights.parameters()):  # meta: a checkpoint fills it
+        with torch.no_grad():
+            weights.init_random(torch.Generator().manual_seed(spec.seed + RANDOM_INIT_SEED_OFFSET))
+    return weights
 
 
 def trainable_count(spec: AdapterSpec, m: int, n: int) -> int:

@@ -118,8 +118,16 @@ def load_tensors(path: str | os.PathLike, *, finite: bool = False) -> dict[str, 
     return read_tensors(path, finite=finite)[0]
 
 
-def write_adapter_dir(directory: str | os.PathLike, tensors: dict[str, Tensor], config: dict[str, Any]) -> Path:
-    """Atomically (re)write an adapter directory: config + checksummed weights, swapped in as a whole.
+def write_adapter_dir(
+    directory: str | os.PathLike,
+    tensors: dict[str, Tensor],
+    config: dict[str, Any],
+    *,
+    metadata: dict[str, str] | None = None,
+    texts: dict[str, str] | None = None,
+) -> Path:
+    """Atomically (re)write an adapter directory: config + checksummed weights (+ extra safetensors `metadata` and
+    text files such as a README.md), swapped in as a whole.
 
     Files of the previous version that this one does not write (e.g. a user's `meta.json`) are kept. Tensors holding
     NaN/inf are refused before anything is written.
@@ -129,10 +137,12 @@ def write_adapter_dir(directory: str | os.PathLike, tensors: dict[str, Tensor], 
     payload = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     text = json.dumps(payload, indent=2, sort_keys=True, default=str)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {"format": "pt", CHECKSUM_KEY: tensor_checksum(contiguous)}
+    metadata = {"format": "pt", **(metadata or {}), CHECKSUM_KEY: tensor_checksum(contiguous)}
     with replace_directory(directory) as tmp:
         save_file(contiguous, str(tmp / SAFETENSORS_WEIGHTS_NAME), metadata=metadata)
         (tmp / CONFIG_NAME).write_text(text)
+        for name, content in (texts or {}).items():
+            (tmp / name).write_text(content)
     return Path(directory)
 
 

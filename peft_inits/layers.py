@@ -56,6 +56,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         self.merged_adapters: list[str] = []
         self.adapter_weights: dict[str, float] = {}  # output multipliers set by composition (default 1)
         self._active_adapter = adapter_name
+        # PEFT's tuner layers expose the wrapped layer's sizes (a Conv2d's channels, as PEFT's LoRA Conv2d does)
+        self.in_features: int = getattr(base_layer, "in_features", getattr(base_layer, "in_channels", 0))
+        self.out_features: int = getattr(base_layer, "out_features", getattr(base_layer, "out_channels", 0))
         self.update_layer(adapter_name, spec)
 
     @property
@@ -65,11 +68,38 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
     def update_layer(self, adapter_name: str, spec: AdapterSpec) -> None:
         """Add (or replace) adapter `adapter_name`, built from the current base weight."""
         weight = self.get_base_layer().weight
-        self.pi_adapters[adapter_name] = build_adapter(weight, spec).to(weight.device)
+        self.pi_adapters[adapter_name] = build_adapter(weight, spec)
+        self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters)
 
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device: torch.device | None = None) -> None:
+        """Put one adapter on the base layer's device, keeping its own dtype (fp32 unless the user casts it).
+
+        Adapters whose parameters are still on the meta device (PEFT's `low_cpu_mem_usage=True`: the checkpoint is
+        assigned into them afterwards) are left where they are; PEFT calls this again once they hold real values.
+        """
+        adapter = self.pi_adapters[adapter_name] if adapter_name in self.pi_adapters else None  # noqa: SIM401 (no .get)
+        if adapter is None or any(p.is_meta for p in adapter.parameters()):
+            return
+        target = device if device is not None else self.get_base_layer().weight.device
+        if target.type != "meta":
+            self.pi_adapters[adapter_name] = adapter.to(target)
+
+    def cast_adapter(self, adapter_name: str, dtype: torch.dtype) -> None:
+        """Cast one adapter's floating tensors to `dtype` (a meta adapter only records the dtype)."""
+        if dtype.is_floating_point:
+            self.pi_adapters[adapter_name] = self.pi_adapters[adapter_name].to(dtype=dtype)
+
     def adapter(self, adapter_name: str) -> AdapterWeights:
-        return self.pi_adapters[adapter_name]
+        """One adapter, ready to use: rebuilt from the base weight if it was made while that was on the meta
+        device, and checked against the base weight (see `AdapterWeights.check_before_use`)."""
+        adapter = self.pi_adapters[adapter_name]
+        if adapter.pending:
+            self.pi_adapters[adapter_name] = adapter.materialize(self.get_base_layer().weight)
+            self._move_adapter_to_device_of_base_layer(adapter_name)
+            adapter = self.pi_adapters[adapter_name]
+        adapter.check_before_use()
+        return adapter
 
     def set_adapter_weight(self, adapter_name: str, weight: float) -> None:
         """Scale one adapter's delta by `weight` (1 = as trained) without touching its trained state."""
@@ -87,7 +117,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def delta_forward(self, x: Tensor, adapter_name: str) -> Tensor:
         """Δy of one adapter for input x, computed in the adapter's dtype (fp32 by default)."""
-        adapter = self.pi_adapters[adapter_name]
+        adapter = self.adapter(adapter_name)
         down, gain, up = adapter.factors()
         x = x.to(down.dtype)
         if not self.is_conv:  # fused down→gain→up (Triton on CUDA, torch elsewhere); same maths as Fn.linear_delta
@@ -107,7 +137,7 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def get_delta_weight(self, adapter_name: str) -> Tensor:
         """ΔW of one adapter, shaped like the base weight, in the adapter's dtype."""
-        down, gain, up = self.pi_adapters[adapter_name].factors()
+        down, gain, up = self.adapter(adapter_name).factors()
         delta = Fn.delta_weight(down, gain, up, self.effective_scale(adapter_name))
         return delta.reshape(self.get_base_layer().weight.shape)
 
@@ -171,14 +201,15 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             return self.base_layer(x, *args, **kwargs)
         names = [name for name in self.active_adapters if name in self.pi_adapters]
         if len(names) == 1 and not args and not kwargs:
+            adapter = self.adapter(names[0])  # materialised and checked before any path reads it
             choice = self.choose_path(x, names[0])
             if choice is not None:
                 self._record(choice)
                 if choice.path == "merged":
                     base = self.get_base_layer()
-                    adapter = self.pi_adapters[names[0]]
                     down, gain, up = adapter.factors()
-                    return merged_linear(x, base.weight, base.bias, down, gain, up, adapter.scale, choice.gain_gradient)
+                    scale = self.effective_scale(names[0])
+                    return merged_linear(x, base.weight, base.bias, down, gain, up, scale, choice.gain_gradient)
         out = self.base_layer(x, *args, **kwargs)
         for name in names:
             # in place: the base output is fresh and its backward (Linear/Conv) does not read it; saves a T×m tensor

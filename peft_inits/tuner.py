@@ -67,6 +67,16 @@ class AdapterModel(BaseTuner):
         """Resolved plans by config object."""
         return self._state()["plans"]
 
+    def _cast_adapter_dtype(self, adapter_name: str, autocast_adapter_dtype: bool = True) -> None:
+        """PEFT's dtype contract: `autocast_adapter_dtype=True` (the default) keeps adapters in float32 — ours are
+        built that way — and False puts the whole adapter (trained tensors and frozen factors; the integer
+        fingerprint stays) in its base layer's dtype, e.g. fp16 to save memory."""
+        if autocast_adapter_dtype:
+            return
+        for module in self.model.modules():
+            if isinstance(module, AdapterLayer) and adapter_name in module.pi_adapters:
+                module.cast_adapter(adapter_name, module.get_base_layer().weight.dtype)
+
     def _check_target_module_exists(self, peft_config: AdapterConfig, key: str) -> bool:
         return key in self._plans().get(id(peft_config), {})
 

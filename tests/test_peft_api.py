@@ -165,3 +165,19 @@ def _perturb_gains(model) -> None:
         for name, p in model.named_parameters():
             if "pi_adapters" in name:
                 p.mul_(1.1)
+
+
+def test_composition_weight_applies_on_the_merged_and_the_factored_path():
+    model = get_peft_model(_mlp(), SVFitConfig(r=3, target_modules=["fc1"]))
+    layer = model.base_model.model.fc1
+    with torch.no_grad():
+        layer.adapter("default").s.mul_(1.5)
+    x = torch.randn(5, 13)
+    full = layer(x) - layer.get_base_layer()(x)
+    layer.set_adapter_weight("default", 0.5)
+    outputs = {}
+    for path in ("factored", "merged"):
+        layer.adapter_path = path
+        outputs[path] = layer(x) - layer.get_base_layer()(x)
+    assert torch.allclose(outputs["factored"], 0.5 * full, atol=1e-6)
+    assert torch.allclose(outputs["merged"], 0.5 * full, atol=1e-6)

@@ -133,10 +133,13 @@ def test_compose_renders_the_ablation_grid(trained):
 def test_export_writes_files_diffusers_loads(trained):
     root, _, _ = trained
     written = runner.main(runner.parse_args(["export", "--adapter", str(root / "style" / "weights")]))
-    kohya = next(p for p in written if p.suffix == ".safetensors")
-    state_dict, _alphas = StableDiffusionPipeline.lora_state_dict(str(kohya))
-    assert state_dict and all(k.startswith("unet.") for k in state_dict)
-    assert (written[0] / "adapter_config.json").is_file()
+    peft_dir, diffusers_file, kohya = written
+    for path in (diffusers_file, kohya):
+        state_dict, _alphas = StableDiffusionPipeline.lora_state_dict(str(path))
+        assert state_dict and all(k.startswith("unet.") for k in state_dict)
+    assert diffusers_file.name == "pytorch_lora_weights.safetensors"
+    assert (peft_dir / "adapter_config.json").is_file()
+    assert "PeftModel.from_pretrained" in (peft_dir / "README.md").read_text()
 
 
 def test_runner_block_selection_on_sd15_layout():

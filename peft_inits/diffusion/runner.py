@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from ..export import export_kohya, export_peft_lora
+from ..export import LAYOUTS, export_diffusers_lora, export_kohya, export_peft_lora
 from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
-from .images import CropDataset, embedded_images, load_image_folder, resize_short_side
+from .images import EMBEDDED_SETS, CropDataset, embedded_images, load_image_folder, resize_short_side
 from .objective import PREDICTION_TYPES, DreamBoothData, Frozen, diffusion_task
 from .sampling import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, save_grid
 
@@ -71,6 +71,8 @@ def _device_and_dtype(mixed_precision: str) -> tuple[torch.device, torch.dtype]:
 
 # ------------------------------------------------------------------------------------------------ arguments
 
+EMBEDDED_DATA = tuple(EMBEDDED_SETS)  # --data values that need no folder
+
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,10 +111,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     compose.add_argument("--output", default="composition.png")
     _sample_args(compose, prompts_required=True)
 
-    export = commands.add_parser("export", help="export an adapter as a standard LoRA (PEFT and/or kohya)")
+    export = commands.add_parser("export", help="export an adapter as a standard LoRA (PEFT, diffusers, kohya)")
     _model_arg(export)
     export.add_argument("--adapter", required=True)
-    export.add_argument("--format", choices=("peft", "kohya", "both"), default="both")
+    export.add_argument(
+        "--format",
+        choices=(*LAYOUTS, "all"),
+        default="all",
+        help="peft: PeftModel.from_pretrained; diffusers: pipe.load_lora_weights(dir); kohya: A1111/ComfyUI "
+        "(default: %(default)s)",
+    )
     export.add_argument("--output", default=None, help="default: next to the adapter")
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -143,7 +151,7 @@ def _sample_args(parser: argparse.ArgumentParser, prompts_required: bool) -> Non
 
 
 def _training_images(args: argparse.Namespace, resolution: int) -> tuple[list, str]:
-    if args.data in ("subject", "style"):
+    if args.data in EMBEDDED_DATA:
         return embedded_images(args.data, resolution), args.instance_prompt or EMBEDDED_PROMPTS[args.data]
     if not args.instance_prompt:
         raise ValueError("training on your own images needs --instance-prompt (e.g. 'a photo of sks dog')")
@@ -174,7 +182,16 @@ def _at_least(image, resolution: int):
     return resize_short_side(image, resolution) if min(image.size) < resolution else image
 
 
+def check_data(data: str) -> None:
+    """Refuse a --data that is neither an embedded set nor a folder before anything is loaded."""
+    if data not in EMBEDDED_DATA and not Path(data).is_dir():
+        raise FileNotFoundError(
+            f"--data {data!r} does not exist: pass an embedded set ({', '.join(EMBEDDED_DATA)}) or an image folder"
+        )
+
+
 def train(args: argparse.Namespace) -> dict[str, Any]:
+    check_data(args.data)
     device, dtype = _device_and_dtype(args.mixed_precision)
     pipe = load_pipeline(args.model, dtype if args.model else torch.float32)
     resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -268,10 +285,13 @@ def export(args: argparse.Namespace) -> list[Path]:
     load_named_adapter(pipe.unet, args.adapter, "default")
     out = Path(args.output or Path(args.adapter).parent / "export")
     written = []
-    if args.format in ("peft", "both"):
-        written.append(export_peft_lora(pipe.unet, out / "peft_lora"))
-    if args.format in ("kohya", "both"):
-        written.append(export_kohya(pipe.unet, out / "kohya_lora.safetensors"))
+    writers = {
+        "peft": lambda: export_peft_lora(pipe.unet, out / "peft_lora"),
+        "diffusers": lambda: export_diffusers_lora(pipe.unet, out / "diffusers_lora"),
+        "kohya": lambda: export_kohya(pipe.unet, out / "kohya_lora.safetensors"),
+    }
+    for layout in LAYOUTS if args.format == "all" else (args.format,):
+        written.append(writers[layout]())
     for path in written:
         size = sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
         print(f"wrote {path} ({size / 1024:.1f} KiB)")

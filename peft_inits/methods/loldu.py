@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..adapters import AdapterSpec, DecomposedWeights, relative_change
+from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
 from ..registry import Method, MethodOptions, RunnerDefaults, register_method
 
 Z_INITS = ("lu", "uniform", "s_uniform", "normal", "s_normal", "constant", "ones", "zeros")
@@ -107,6 +107,11 @@ class LoLDUWeights(DecomposedWeights):
 
     def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
         return self.down, Fn.loldu_gain(self.z, self.z_ref, self.sigma, self.sigma0), self.up
+
+    def init_random(self, generator: torch.Generator) -> None:
+        """z = z₀ + mean|D|·N(0, 1): the gain leaves its step-0 value, so ΔW ≠ 0; D, z_ref and the factors stay."""
+        noise = torch.randn(self.z.shape, generator=generator) * float(self.D.abs().mean().clamp_min(1e-3))
+        set_random(self.z, self.z.detach().cpu() + noise)
 
     @classmethod
     def trainable_count(cls, options: LoLDUOptions, r: int, m: int, n: int) -> int:

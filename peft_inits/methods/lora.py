@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..adapters import AdapterSpec, AdapterWeights
+from ..adapters import AdapterSpec, AdapterWeights, set_random
 from ..registry import Method, MethodOptions, RunnerDefaults, register_method
 
 
@@ -32,6 +32,11 @@ class LoRAWeights(AdapterWeights):
 
     def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
         return self.lora_A, None, self.lora_B
+
+    def init_random(self, generator: torch.Generator) -> None:
+        """B ~ U(±1/√r) (a Linear's default init, as PEFT's `init_lora_weights=False`), so ΔW ≠ 0."""
+        bound = 1.0 / math.sqrt(self.r)
+        set_random(self.lora_B, torch.empty(self.lora_B.shape).uniform_(-bound, bound, generator=generator))
 
     @classmethod
     def trainable_count(cls, options: LoRAOptions, r: int, m: int, n: int) -> int:

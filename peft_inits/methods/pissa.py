@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..adapters import AdapterSpec, DecomposedWeights
+from ..adapters import AdapterSpec, DecomposedWeights, set_random
 from ..registry import Method, MethodOptions, RunnerDefaults, register_method
 
 
@@ -68,6 +68,12 @@ class PiSSAWeights(DecomposedWeights):
         # BA − B₀A₀ = B(A − A₀) + (B − B₀)A₀: both differences are exactly zero at init, so step 0 is bit-exact.
         down = torch.cat([self.lora_A - self.down, self.down])
         return down, None, torch.cat([self.lora_B, self.lora_B - self.up], dim=1)
+
+    def init_random(self, generator: torch.Generator) -> None:
+        """A = A₀ + std(A₀)·N(0, 1), B likewise: ΔW = scale·(BA − B₀A₀) ≠ 0; A₀, B₀ and σ stay for verification."""
+        for param, ref in ((self.lora_A, self.down), (self.lora_B, self.up)):
+            std = float(ref.std().clamp_min(1e-3)) if ref.numel() > 1 else float(ref.abs().max().clamp_min(1e-3))
+            set_random(param, ref.cpu() + std * torch.randn(ref.shape, generator=generator))
 
     @classmethod
     def trainable_count(cls, options: MethodOptions, r: int, m: int, n: int) -> int:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import functional as Fn
-from ..adapters import AdapterSpec, DecomposedWeights, relative_change
+from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
 from ..registry import Method, MethodOptions, RunnerDefaults, register_method
 
 
@@ -60,6 +60,11 @@ class SVFitWeights(DecomposedWeights):
 
     def factors(self) -> tuple[Tensor, Tensor | None, Tensor]:
         return self.down, Fn.svfit_gain(self.s, self.s0), self.up
+
+    def init_random(self, generator: torch.Generator) -> None:
+        """s = σ_r · u with u ~ U(0.5, 1.5): every singular value moves, so ΔW ≠ 0; σ_r and the factors stay."""
+        u = torch.empty(self.s.shape).uniform_(0.5, 1.5, generator=generator)
+        set_random(self.s, self.s0.cpu() * u)
 
     @classmethod
     def trainable_count(cls, options: SVFitOptions, r: int, m: int, n: int) -> int:
