@@ -154,7 +154,7 @@ def test_export_replaces_its_directory_as_a_whole(tmp_path):
     config = json.loads((tmp_path / "export" / "adapter_config.json").read_text())
     weights = ckpt.load_tensors(tmp_path / "export" / "adapter_model.safetensors")
     assert config["r"] == 2 and {t.shape[0] for k, t in weights.items() if "lora_A" in k} == {2}
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == FILES
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == sorted([*FILES, "README.md"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
 
 
