@@ -10,6 +10,7 @@ layer (`blocks.select_blocks`); the config only carries the user's request.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,10 @@ class AdapterConfig(PeftConfig):
         self.peft_type = peft_type_of(type(self))  # a real PeftType member: transformers reads `.value`
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r must be an int ≥ 1, got {self.r!r}")
+        if self.alpha is not None and (
+            isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha)
+        ):
+            raise ValueError(f"alpha must be a finite number (or None for alpha = r), got {self.alpha!r}")
         if not isinstance(self.init_weights, bool):
             raise ValueError(f"init_weights must be True or False, got {self.init_weights!r}")
         if isinstance(self.target_modules, (set, tuple)):

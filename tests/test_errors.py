@@ -188,3 +188,21 @@ def test_atomic_save_leaves_no_temp_files_and_replaces_whole(tmp_path):
     model, path = _saved(tmp_path)
     save_adapter(model, path)
     assert sorted(p.name for p in path.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), "8"])
+def test_non_finite_or_non_numeric_alpha_is_refused(alpha):
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        SVFitConfig(r=2, alpha=alpha)
+
+
+def test_a_saved_config_with_nan_alpha_is_refused(tmp_path):
+    model = get_peft_model(_mlp(), LoRAConfig(r=2, target_modules=["fc1"]))
+    path = save_adapter(model, tmp_path / "a")
+    config = json.loads((path / "adapter_config.json").read_text())
+    config["alpha"] = float("nan")
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    base = _mlp()
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        PeftModel.from_pretrained(base, path)
+    assert not any("pi_adapters" in name for name, _ in base.named_modules())

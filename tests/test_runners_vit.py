@@ -136,3 +136,10 @@ def test_rank_too_large_on_vit(quick_digits, cache, tmp_path):
 def test_vit_script_is_thin():
     script = load_script("vit")
     assert script.main is vit.main and script.parse_args is vit.parse_args
+
+
+def test_cold_default_says_it_is_pretraining_the_base(quick_digits, tmp_path, capsys):
+    from peft_inits.training.vit_models import pretrained_digits_vit
+
+    pretrained_digits_vit(tmp_path / "cold-cache")
+    assert "pretraining the tiny base ViT on digits 0-4" in capsys.readouterr().err

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,11 @@ def pretrained_digits_vit(cache: str | os.PathLike | None = None, progress: bool
     directory = cache_dir(cache) / "vit-digits" / _digits_key()
     if (directory / "model.safetensors").is_file() and (directory / "pretrain.json").is_file():
         return directory
+    print(
+        f"pretraining the tiny base ViT on digits 0-4 ({DIGITS_PRETRAIN['steps']} steps, once: cached in {directory}); "
+        "the bar below is that pretraining (method 'full'), not your run",
+        file=sys.stderr,
+    )
     corpus = digits.pretrain_corpus()
     config = ViTConfig(**DIGITS_VIT, num_labels=corpus.num_labels)
     task = classification_task(corpus.splits, hf_logits, ("accuracy",), eval_batch_size=256)
