@@ -6,6 +6,7 @@
     python experiments/sd.py sample --adapter runs/sd-x/weights --prompts "a photo of sks cat"
     python experiments/sd.py compose --identity runs/id/weights --style runs/style/weights
     python experiments/sd.py export --adapter runs/sd-x/weights --format kohya
+    python experiments/sd.py pretrain --output-dir runs/t2i     # glyph-world text-to-image model → runs/t2i/model
 
 Without --model everything runs on a tiny SD-shaped pipeline built from configs (real U-Net block structure, real
 photos from scikit-image): it exercises the code paths on a CPU in minutes and says nothing about image quality.
@@ -115,6 +116,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     export.add_argument("--format", choices=("peft", "kohya", "both"), default="both")
     export.add_argument("--output", default=None, help="default: next to the adapter")
 
+    _pretrain_parser(commands)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "train":  # `--config FILE` supplies defaults for the train options
@@ -123,6 +126,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.method not in METHODS:
             train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(METHODS)}")
     return args
+
+
+def _pretrain_parser(commands) -> None:
+    """`pretrain`: the glyph-world text-to-image model (VAE, then an SD-1.5-shaped U-Net; see .pretrain)."""
+    from .pretrain import PretrainSettings
+
+    d = PretrainSettings()
+    pretrain = commands.add_parser("pretrain", help="pretrain the glyph-world text-to-image model (resumable)")
+    pretrain.add_argument("--output-dir", default="runs/t2i-pretrain", help="run folder; model in <dir>/model")
+    pretrain.add_argument("--steps", type=int, default=d.unet_steps, help="U-Net optimizer steps")
+    pretrain.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE optimizer steps (first stage)")
+    pretrain.add_argument("--images", type=int, default=d.images, help="rendered training images")
+    pretrain.add_argument("--batch-size", type=int, default=d.batch_size)
+    pretrain.add_argument("--lr", type=float, default=d.unet_lr, help="U-Net learning rate")
+    pretrain.add_argument("--vae-lr", type=float, default=d.vae_lr)
+    pretrain.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in steps")
+    pretrain.add_argument("--eval-every", type=int, default=d.eval_every)
+    pretrain.add_argument("--seed", type=int, default=d.seed)
+    pretrain.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    pretrain.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bars")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -278,7 +303,31 @@ def export(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-COMMANDS = {"train": train, "sample": sample, "compose": compose, "export": export}
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from .pretrain import PretrainSettings
+    from .pretrain import pretrain as run_pretrain
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PretrainSettings(
+        images=args.images,
+        vae_steps=args.vae_steps,
+        unet_steps=args.steps,
+        batch_size=args.batch_size,
+        vae_lr=args.vae_lr,
+        unet_lr=args.lr,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    summary = run_pretrain(
+        args.output_dir, settings, resume=args.resume, overwrite=args.overwrite, progress=args.progress
+    )
+    print(f"model: {summary['model_dir']} (use --model {summary['model_dir']}); {summary['wall_time_s']:.0f} s")
+    return summary
+
+
+COMMANDS = {"train": train, "sample": sample, "compose": compose, "export": export, "pretrain": pretrain}
 
 
 def main(args: argparse.Namespace) -> Any:
