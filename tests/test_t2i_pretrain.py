@@ -17,7 +17,14 @@ from peft_inits.training.rundir import read_records, without_timing
 from peft_inits.training.sampler import StepSampler
 
 TINY = PretrainSettings(
-    images=48, validation_images=8, vae_steps=4, unet_steps=4, batch_size=4, save_every=2, eval_every=2
+    images=48,
+    validation_images=8,
+    vae_steps=4,
+    unet_steps=4,
+    batch_size=4,
+    vae_batch_size=4,
+    save_every=2,
+    eval_every=2,
 )
 # Training losses of TINY, recorded from this code (torch 2.13 CPU, 1 thread). The full-size models train here, so a
 # change to the world, the models, the schedules or the losses shows up as a different curve.

@@ -45,9 +45,10 @@ class PretrainSettings:
 
     images: int = 20_000
     validation_images: int = 256
-    vae_steps: int = 800
+    vae_steps: int = 1_500
     unet_steps: int = 3_500
-    batch_size: int = 32
+    batch_size: int = 32  # U-Net
+    vae_batch_size: int = 16  # per sample, batch 16 beat 32 (val MSE 0.107 vs 0.131 after 3,200 images)
     vae_lr: float = 2e-3
     unet_lr: float = 1e-3
     kl_weight: float = 1e-6
@@ -225,7 +226,7 @@ def unet_task(
 def _full(settings: PretrainSettings, stage: str, steps: int, lr: float, progress: bool) -> TrainSettings:
     return TrainSettings(
         steps=steps,
-        batch_size=settings.batch_size,
+        batch_size=settings.vae_batch_size if stage == "vae" else settings.batch_size,
         lr=lr,
         weight_decay=0.0 if stage == "vae" else 0.01,
         warmup=min(100, max(1, steps // 20)),

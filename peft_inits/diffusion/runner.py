@@ -138,7 +138,8 @@ def _pretrain_parser(commands) -> None:
     pretrain.add_argument("--steps", type=int, default=d.unet_steps, help="U-Net optimizer steps")
     pretrain.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE optimizer steps (first stage)")
     pretrain.add_argument("--images", type=int, default=d.images, help="rendered training images")
-    pretrain.add_argument("--batch-size", type=int, default=d.batch_size)
+    pretrain.add_argument("--batch-size", type=int, default=d.batch_size, help="U-Net batch")
+    pretrain.add_argument("--vae-batch-size", type=int, default=d.vae_batch_size)
     pretrain.add_argument("--lr", type=float, default=d.unet_lr, help="U-Net learning rate")
     pretrain.add_argument("--vae-lr", type=float, default=d.vae_lr)
     pretrain.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in steps")
@@ -314,6 +315,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         vae_steps=args.vae_steps,
         unet_steps=args.steps,
         batch_size=args.batch_size,
+        vae_batch_size=args.vae_batch_size,
         vae_lr=args.vae_lr,
         unet_lr=args.lr,
         save_every=args.save_every,
