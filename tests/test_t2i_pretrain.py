@@ -161,3 +161,21 @@ def test_sd_block_names_resolve_on_the_pretrained_unet(straight):
         assert {t.name for t in targets} >= set(wanted), group
     # in0 has one transformer (attn1 + attn2, 4 projections each); out3 has two: 8 + 16
     assert len(SVFitConfig(r=4, blocks=["upper"], module_kinds=["attn"]).resolve(pipe.unet)) == 24
+
+
+def test_quality_report_on_the_saved_model(straight, tmp_path):
+    from peft_inits.diffusion.judge import ATTRIBUTES, JudgeSettings, train_judge
+    from peft_inits.diffusion.quality import measure, prompt_scenes
+
+    judge, _ = train_judge(JudgeSettings(images=300, steps=5, batch_size=16))
+    pipe = runner.load_pipeline(str(straight[0] / "model"))
+    report = measure(pipe, judge=judge, prompts=3, seeds=(0,), steps=2, output_dir=tmp_path)
+    for name in ("samples", "renders", "vae_round_trip"):
+        assert set(report[name]) == set(ATTRIBUTES) and all(0 <= v <= 1 for v in report[name].values()), name
+    assert 0 <= report["samples_prompt_fidelity"] <= 1
+    assert json.loads((tmp_path / "quality.json").read_text())["samples"] == report["samples"]
+    with Image.open(tmp_path / "quality_samples.png") as grid:
+        assert grid.height == 3 * 64
+    assert [s.caption() for s in prompt_scenes(3)] == [s.caption() for s in prompt_scenes(3)]
+    args = runner.parse_args(["quality", "--model", "m", "--num-prompts", "4", "--seeds", "0,1,2"])
+    assert (args.num_prompts, args.seeds, args.guidance) == (4, [0, 1, 2], 4.0)

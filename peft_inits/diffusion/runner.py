@@ -117,6 +117,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     export.add_argument("--output", default=None, help="default: next to the adapter")
 
     _pretrain_parser(commands)
+    _quality_parser(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -149,6 +150,17 @@ def _pretrain_parser(commands) -> None:
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
     pretrain.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bars")
+
+
+def _quality_parser(commands) -> None:
+    quality = commands.add_parser("quality", help="judge a glyph-world model: per-attribute accuracy of its samples")
+    quality.add_argument("--model", required=True, help="a glyph-world diffusers folder (sd.py pretrain → <dir>/model)")
+    quality.add_argument("--output-dir", default=None, help="quality.json + quality_samples.png (default: the model's)")
+    quality.add_argument("--num-prompts", type=int, default=48, help="fixed prompt set size")
+    quality.add_argument("--seeds", type=lambda t: [int(s) for s in cli.csv_list(t)], default=[0, 1])
+    quality.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS)
+    quality.add_argument("--guidance", type=float, default=4.0)
+    quality.add_argument("--cache-dir", default="runs/cache", help="where the judge is trained once and kept")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -329,7 +341,32 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-COMMANDS = {"train": train, "sample": sample, "compose": compose, "export": export, "pretrain": pretrain}
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    from .quality import measure
+
+    pipe = load_pipeline(args.model)
+    report = measure(
+        pipe,
+        cache_dir=args.cache_dir,
+        prompts=args.num_prompts,
+        seeds=tuple(args.seeds),
+        steps=args.sample_steps,
+        guidance=args.guidance,
+        output_dir=args.output_dir or Path(args.model).parent,
+    )
+    for name in ("samples", "vae_round_trip", "renders"):
+        print(f"{name:>15}: " + ", ".join(f"{a} {v:.3f}" for a, v in report[name].items()))
+    return report
+
+
+COMMANDS = {
+    "train": train,
+    "sample": sample,
+    "compose": compose,
+    "export": export,
+    "pretrain": pretrain,
+    "quality": quality,
+}
 
 
 def main(args: argparse.Namespace) -> Any:
