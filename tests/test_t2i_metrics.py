@@ -149,3 +149,35 @@ def test_world_images_score_as_their_own_subject():
     b, _ = World(subjects=("X",), families=("monospace",), backgrounds=("stripes",), colours=("blue",)).images(6)
     features_a, features_b = scorer.features(list(a)), scorer.features(list(b))
     assert metrics.subject_fidelity(features_a, features_a) > metrics.subject_fidelity(features_a, features_b)
+
+
+def _folder(path, images) -> str:
+    path.mkdir(parents=True)
+    for index, image in enumerate(images):
+        image.save(path / f"{index}.png")
+    return str(path)
+
+
+def test_score_command_with_clip_dino_and_with_the_judge(clip_and_dino, judge, tmp_path):
+    import json
+
+    from peft_inits.diffusion import runner
+
+    generated = _folder(tmp_path / "gen", _scene_images(RED_K, 1) * 3)
+    references = _folder(tmp_path / "ref", _scene_images(RED_K, 1) * 2)
+    args = ["score", "--images", generated, "--subject-references", references, "--style-references", references]
+    models = ["--clip", str(clip_and_dino / "clip"), "--dino", str(clip_and_dino / "dino")]
+    result = runner.main(
+        runner.parse_args([*args, *models, "--prompt", "a red letter k", "--output", str(tmp_path / "s.json")])
+    )
+    assert set(result) == {"diversity", "subject_fidelity", "style_fidelity", "gram_distance", "prompt_fidelity"}
+    assert result["subject_fidelity"] == pytest.approx(1.0, abs=1e-6)  # copies of one render on both sides
+    assert json.loads((tmp_path / "s.json").read_text()) == result
+    save_judge(judge, {}, tmp_path / "judge")
+    judged = runner.main(runner.parse_args([*args, "--judge", str(tmp_path / "judge"), "--attributes", "colour=red"]))
+    wrong = runner.main(runner.parse_args([*args, "--judge", str(tmp_path / "judge"), "--attributes", "colour=blue"]))
+    assert judged["prompt_fidelity"] > 0.6 > 0.1 > wrong["prompt_fidelity"]
+    with pytest.raises(ValueError, match="name=value pairs"):
+        runner.main(runner.parse_args([*args, "--judge", str(tmp_path / "judge"), "--attributes", "red"]))
+    with pytest.raises(ValueError, match="--prompt is scored by CLIP"):
+        runner.main(runner.parse_args([*args, "--judge", str(tmp_path / "judge"), "--prompt", "a red k"]))

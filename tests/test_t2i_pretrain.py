@@ -179,3 +179,40 @@ def test_quality_report_on_the_saved_model(straight, tmp_path):
     assert [s.caption() for s in prompt_scenes(3)] == [s.caption() for s in prompt_scenes(3)]
     args = runner.parse_args(["quality", "--model", "m", "--num-prompts", "4", "--seeds", "0,1,2"])
     assert (args.num_prompts, args.seeds, args.guidance) == (4, [0, 1, 2], 4.0)
+
+
+def test_pack_and_unpack_keep_the_model(straight, tmp_path):
+    import torch
+
+    from peft_inits.diffusion.assets import pack, unpack
+
+    packed = pack(straight[0] / "model", tmp_path / "packed", {"note": "tiny"})
+    size = sum(p.stat().st_size for p in packed.rglob("*") if p.is_file())
+    assert not (packed / "text_encoder").exists() and size < 20 * 2**20
+    model = unpack(packed, tmp_path / "model")
+    assert unpack(packed, tmp_path / "model") == model  # idempotent
+    original, loaded = runner.load_pipeline(str(straight[0] / "model")), runner.load_pipeline(str(model))
+    assert loaded.unet.dtype == torch.float32
+    latents, t, context = torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 20, 384)
+    with torch.no_grad():
+        a = original.unet(latents, t, encoder_hidden_states=context).sample
+        b = loaded.unet(latents, t, encoder_hidden_states=context).sample
+    assert torch.allclose(a, b, atol=2e-2) and not torch.equal(a, b)  # float16 storage, float32 compute
+    assert loaded.vae.config.scaling_factor == original.vae.config.scaling_factor
+    with pytest.raises(FileNotFoundError, match="not a packed glyph-world model"):
+        unpack(tmp_path, tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        pack(tmp_path, tmp_path / "y")
+
+
+def test_a_longer_unet_stage_reuses_the_finished_vae(straight, tmp_path):
+    import shutil
+
+    root, _ = straight
+    shutil.copytree(root / "vae", tmp_path / "run" / "vae")
+    longer = PretrainSettings(**{**TINY.__dict__, "unet_steps": 5})
+    summary = pretrain(tmp_path / "run", longer, resume=True, progress=False)
+    assert summary["unet"]["steps"] == 5
+    assert _losses(tmp_path / "run" / "vae") == _losses(root / "vae")  # not retrained
+    # the first three steps see the same learning rates (warm-up 1 step, then 1.0) as the 4-step schedule
+    assert _losses(tmp_path / "run" / "unet")[:3] == pytest.approx(RECORDED["unet"][:3], rel=1e-4)

@@ -30,17 +30,20 @@ def attribute_classes() -> dict[str, tuple[str, ...]]:
 
 @dataclass(frozen=True)
 class JudgeSettings:
-    images: int = 12_000
-    steps: int = 1_500
+    images: int = 16_000
+    steps: int = 3_000
     batch_size: int = 64
     lr: float = 2e-3
     seed: int = 1_000  # a different world seed from pretraining (seed 0)
+    max_blur: float = 0.9  # σ of the training blur is drawn from U(0, max_blur)
+    architecture: str = "conv3-mean+layout4"  # part of the cache key: change it with the network
 
 
 class Judge(nn.Module):
-    """Three conv stages (32 → 16 → 8), global average pooling to 4·width features, one linear head per attribute."""
+    """Three conv stages (32 → 16 → 8), then features = [global mean of the last maps (texture, colour); a linear map
+    of their 4 × 4 average pool (layout: which glyph, where)], one linear head per attribute."""
 
-    def __init__(self, classes: dict[str, tuple[str, ...]] | None = None, width: int = 24) -> None:
+    def __init__(self, classes: dict[str, tuple[str, ...]] | None = None, width: int = 32) -> None:
         super().__init__()
         self.classes = classes or attribute_classes()
 
@@ -54,7 +57,8 @@ class Judge(nn.Module):
                 nn.Sequential(*block(2 * width, 4 * width), *block(4 * width, 4 * width)),
             ]
         )
-        self.heads = nn.ModuleDict({name: nn.Linear(4 * width, len(values)) for name, values in self.classes.items()})
+        self.layout = nn.Sequential(nn.Flatten(), nn.Linear(4 * width * 16, 4 * width), nn.SiLU())
+        self.heads = nn.ModuleDict({name: nn.Linear(8 * width, len(values)) for name, values in self.classes.items()})
 
     def maps(self, pixels: Tensor) -> list[Tensor]:
         """Feature maps of each stage (before its pooling); pixels in [-1, 1], (N, 3, 32, 32)."""
@@ -67,7 +71,8 @@ class Judge(nn.Module):
         return out
 
     def features(self, pixels: Tensor) -> Tensor:
-        return self.maps(pixels)[-1].mean(dim=(2, 3))
+        last = self.maps(pixels)[-1]
+        return torch.cat([last.mean(dim=(2, 3)), self.layout(F.adaptive_avg_pool2d(last, 4))], dim=1)
 
     def forward(self, pixels: Tensor) -> dict[str, Tensor]:
         features = self.features(pixels)
@@ -91,9 +96,9 @@ def judge_images(count: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarra
     return np.concatenate([first, second]), labels
 
 
-def _blur(pixels: Tensor, generator: torch.Generator) -> Tensor:
-    """Gaussian blur with σ ~ U(0, 1.2) per batch (σ < 0.3 leaves the batch sharp)."""
-    sigma = float(torch.rand((), generator=generator)) * 1.2
+def _blur(pixels: Tensor, generator: torch.Generator, max_sigma: float) -> Tensor:
+    """Gaussian blur with σ ~ U(0, max_sigma) per batch (σ < 0.3 leaves the batch sharp)."""
+    sigma = float(torch.rand((), generator=generator)) * max_sigma
     if sigma < 0.3:
         return pixels
     radius = torch.arange(-2, 3, dtype=pixels.dtype)
@@ -121,7 +126,7 @@ def train_judge(settings: JudgeSettings | None = None, progress: bool = False) -
     judge.train()
     for _ in tqdm(range(settings.steps), disable=not progress, desc="judge"):
         index = torch.randint(len(pixels), (settings.batch_size,), generator=generator)
-        logits = judge(_blur(pixels[index], generator))
+        logits = judge(_blur(pixels[index], generator, settings.max_blur))
         loss = sum(F.cross_entropy(logits[a], targets[a][index]) for a in ATTRIBUTES)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

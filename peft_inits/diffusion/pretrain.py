@@ -39,6 +39,12 @@ TEXT_WIDTH = 384
 EMPTY_PROMPT_RATE = 0.1  # caption dropout, so classifier-free guidance has an unconditional model to contrast with
 
 
+VAE_KEYS = frozenset(
+    {"images", "validation_images", "vae_steps", "vae_batch_size", "vae_lr", "kl_weight", "vae_channels", "seed"}
+    | {"save_every", "eval_every"}
+)
+
+
 @dataclass(frozen=True)
 class PretrainSettings:
     """Everything that determines the pretrained model (recorded in both runs' config.json)."""
@@ -297,7 +303,10 @@ def pretrain(
     held_images, held_scenes = world.images(settings.validation_images, start=settings.images)
     pixels, held_pixels = to_pixels(images), to_pixels(held_images)
     render_s = time.perf_counter() - started
-    config = json.loads(json.dumps({"runner": "sd-pretrain", "pretrain": asdict(settings)}))  # as config.json has it
+    everything = json.loads(json.dumps(asdict(settings)))  # as config.json holds it (tuples become lists)
+    config = {"runner": "sd-pretrain", "pretrain": everything}
+    # The VAE run records only what the VAE depends on, so a longer or different U-Net stage reuses a finished VAE.
+    vae_config = {**config, "pretrain": {k: v for k, v in everything.items() if k in VAE_KEYS}}
     full = AdapterSettings(method="full", head_modules=[])
 
     vae_summary = execute(
@@ -306,7 +315,7 @@ def pretrain(
         adapter=full,
         train_settings=_full(settings, "vae", settings.vae_steps, settings.vae_lr, progress),
         task=vae_task(pixels, held_pixels, settings.kl_weight),
-        config={**config, "stage": "vae"},
+        config={**vae_config, "stage": "vae"},
         resume=resume,
         overwrite=overwrite,
     )

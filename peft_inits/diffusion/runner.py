@@ -118,6 +118,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     _pretrain_parser(commands)
     _quality_parser(commands)
+    _score_parser(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -161,6 +162,20 @@ def _quality_parser(commands) -> None:
     quality.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS)
     quality.add_argument("--guidance", type=float, default=4.0)
     quality.add_argument("--cache-dir", default="runs/cache", help="where the judge is trained once and kept")
+
+
+def _score_parser(commands) -> None:
+    score = commands.add_parser("score", help="DreamBooth-style metrics of a folder of generated images")
+    score.add_argument("--images", required=True, help="folder of generated images")
+    score.add_argument("--subject-references", default=None, help="folder of reference-subject images")
+    score.add_argument("--style-references", default=None, help="folder of style-reference images")
+    score.add_argument("--prompt", default=None, help="the prompt of every image (CLIP-T; needs --clip)")
+    score.add_argument("--attributes", default=None, help="glyph world: prompted values, e.g. colour=red,subject=K")
+    score.add_argument("--clip", default=None, help="local CLIP folder (CLIP-I, CLIP-T)")
+    score.add_argument("--dino", default=None, help="local DINO folder (subject fidelity, diversity, style)")
+    score.add_argument("--judge", default=None, help="glyph-world judge folder (default: trained into --cache-dir)")
+    score.add_argument("--cache-dir", default="runs/cache")
+    score.add_argument("--output", default=None, help="write the scores as JSON here")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -359,7 +374,41 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def score(args: argparse.Namespace) -> dict[str, float]:
+    """Scores with CLIP/DINO when their paths are given, else with the glyph world's judge."""
+    from .metrics import ClipDinoScorer, JudgeScorer
+    from .metrics import score as compute
+
+    images = load_image_folder(args.images)
+    folders = {"subject_references": args.subject_references, "style_references": args.style_references}
+    references = {name: load_image_folder(path) for name, path in folders.items() if path}
+    prompts = None
+    if args.clip or args.dino:
+        scorer = ClipDinoScorer(clip=args.clip, dino=args.dino)
+        if args.attributes:
+            raise ValueError("--attributes names glyph-world values; with --clip use --prompt")
+        prompts = [args.prompt] * len(images) if args.prompt else None
+    else:
+        from .judge import cached_judge, load_judge
+
+        if args.prompt:
+            raise ValueError("--prompt is scored by CLIP: pass --clip PATH (or --attributes for the glyph judge)")
+        judge = load_judge(args.judge)[0] if args.judge else cached_judge(args.cache_dir)
+        scorer = JudgeScorer(judge)
+        if args.attributes:
+            pairs = [item.split("=", 1) for item in cli.csv_list(args.attributes)]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f"--attributes must be name=value pairs, got {args.attributes!r}")
+            prompts = [dict(pairs)] * len(images)
+    result = compute(scorer, images, prompts=prompts, **references)
+    print(json.dumps(result, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 COMMANDS = {
+    "score": score,
     "train": train,
     "sample": sample,
     "compose": compose,
