@@ -184,7 +184,7 @@ def test_quality_report_on_the_saved_model(straight, tmp_path):
 def test_pack_and_unpack_keep_the_model(straight, tmp_path):
     import torch
 
-    from peft_inits.diffusion.assets import pack, unpack
+    from peft_inits.diffusion.assets import loss_curves, pack, unpack
 
     packed = pack(straight[0] / "model", tmp_path / "packed", {"note": "tiny"})
     size = sum(p.stat().st_size for p in packed.rglob("*") if p.is_file())
@@ -199,6 +199,12 @@ def test_pack_and_unpack_keep_the_model(straight, tmp_path):
         b = loaded.unet(latents, t, encoder_hidden_states=context).sample
     assert torch.allclose(a, b, atol=2e-2) and not torch.equal(a, b)  # float16 storage, float32 compute
     assert loaded.vae.config.scaling_factor == original.vae.config.scaling_factor
+    curves = loss_curves(straight[0])
+    assert curves["vae"]["loss"] == pytest.approx(RECORDED["vae"], rel=1e-5)
+    assert curves["unet"]["loss"] == pytest.approx(RECORDED["unet"], rel=1e-5)
+    assert list(curves["unet"]["val_loss"]) == ["0", "2", "4"]
+    with pytest.raises(FileNotFoundError, match=r"not a finished `sd\.py pretrain` run"):
+        loss_curves(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a packed glyph-world model"):
         unpack(tmp_path, tmp_path / "x")
     with pytest.raises(FileNotFoundError, match="missing"):

