@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 PARTS = ("unet", "vae", "scheduler", "tokenizer")
+GLYPH_T2I = Path(__file__).parent / "assets" / "glyph-t2i"  # the shipped model (sd.py pretrain, 3,500 U-Net steps)
 PACKED_MARK = "packed.json"
 
 
