@@ -3,7 +3,7 @@
     python experiments/sd.py train --data subject --method loldu --blocks upper    # tiny embedded pipeline, CPU
     python experiments/sd.py compose --identity ID_DIR --style STYLE_DIR --prompts "a photo of sks cat"
 
-All options: `python experiments/sd.py {train,sample,compose,export} --help`. The machinery lives in
+All options: `python experiments/sd.py {train,sample,compose,export,pretrain} --help`. The machinery lives in
 `peft_inits.diffusion`.
 """
 

@@ -6,6 +6,7 @@
     python experiments/sd.py sample --adapter runs/sd-x/weights --prompts "a photo of sks cat"
     python experiments/sd.py compose --identity runs/id/weights --style runs/style/weights
     python experiments/sd.py export --adapter runs/sd-x/weights --format kohya
+    python experiments/sd.py pretrain --output-dir runs/t2i     # glyph-world text-to-image model → runs/t2i/model
 
 Without --model everything runs on a tiny SD-shaped pipeline built from configs (real U-Net block structure, real
 photos from scikit-image): it exercises the code paths on a CPU in minutes and says nothing about image quality.
@@ -123,6 +124,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     export.add_argument("--output", default=None, help="default: next to the adapter")
 
+    _pretrain_parser(commands)
+    _quality_parser(commands)
+    _score_parser(commands)
+
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.command == "train":  # `--config FILE` supplies defaults for the train options
@@ -131,6 +136,54 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.method not in method_names():
             train.error(f"the SD runner trains adapters only: --method must be one of {', '.join(method_names())}")
     return args
+
+
+def _pretrain_parser(commands) -> None:
+    """`pretrain`: the glyph-world text-to-image model (VAE, then an SD-1.5-shaped U-Net; see .pretrain)."""
+    from .pretrain import PretrainSettings
+
+    d = PretrainSettings()
+    pretrain = commands.add_parser("pretrain", help="pretrain the glyph-world text-to-image model (resumable)")
+    pretrain.add_argument("--output-dir", default="runs/t2i-pretrain", help="run folder; model in <dir>/model")
+    pretrain.add_argument("--steps", type=int, default=d.unet_steps, help="U-Net optimizer steps")
+    pretrain.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE optimizer steps (first stage)")
+    pretrain.add_argument("--images", type=int, default=d.images, help="rendered training images")
+    pretrain.add_argument("--batch-size", type=int, default=d.batch_size, help="U-Net batch")
+    pretrain.add_argument("--vae-batch-size", type=int, default=d.vae_batch_size)
+    pretrain.add_argument("--lr", type=float, default=d.unet_lr, help="U-Net learning rate")
+    pretrain.add_argument("--vae-lr", type=float, default=d.vae_lr)
+    pretrain.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in steps")
+    pretrain.add_argument("--eval-every", type=int, default=d.eval_every)
+    pretrain.add_argument("--seed", type=int, default=d.seed)
+    pretrain.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    pretrain.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
+    pretrain.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    pretrain.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bars")
+
+
+def _quality_parser(commands) -> None:
+    quality = commands.add_parser("quality", help="judge a glyph-world model: per-attribute accuracy of its samples")
+    quality.add_argument("--model", required=True, help="a glyph-world diffusers folder (sd.py pretrain → <dir>/model)")
+    quality.add_argument("--output-dir", default=None, help="quality.json + quality_samples.png (default: the model's)")
+    quality.add_argument("--num-prompts", type=int, default=48, help="fixed prompt set size")
+    quality.add_argument("--seeds", type=lambda t: [int(s) for s in cli.csv_list(t)], default=[0, 1])
+    quality.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS)
+    quality.add_argument("--guidance", type=float, default=4.0)
+    quality.add_argument("--cache-dir", default="runs/cache", help="where the judge is trained once and kept")
+
+
+def _score_parser(commands) -> None:
+    score = commands.add_parser("score", help="DreamBooth-style metrics of a folder of generated images")
+    score.add_argument("--images", required=True, help="folder of generated images")
+    score.add_argument("--subject-references", default=None, help="folder of reference-subject images")
+    score.add_argument("--style-references", default=None, help="folder of style-reference images")
+    score.add_argument("--prompt", default=None, help="the prompt of every image (CLIP-T; needs --clip)")
+    score.add_argument("--attributes", default=None, help="glyph world: prompted values, e.g. colour=red,subject=K")
+    score.add_argument("--clip", default=None, help="local CLIP folder (CLIP-I, CLIP-T)")
+    score.add_argument("--dino", default=None, help="local DINO folder (subject fidelity, diversity, style)")
+    score.add_argument("--judge", default=None, help="glyph-world judge folder (default: trained into --cache-dir)")
+    score.add_argument("--cache-dir", default="runs/cache")
+    score.add_argument("--output", default=None, help="write the scores as JSON here")
 
 
 def _model_arg(parser: argparse.ArgumentParser) -> None:
@@ -298,7 +351,91 @@ def export(args: argparse.Namespace) -> list[Path]:
     return written
 
 
-COMMANDS = {"train": train, "sample": sample, "compose": compose, "export": export}
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from .pretrain import PretrainSettings
+    from .pretrain import pretrain as run_pretrain
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    settings = PretrainSettings(
+        images=args.images,
+        vae_steps=args.vae_steps,
+        unet_steps=args.steps,
+        batch_size=args.batch_size,
+        vae_batch_size=args.vae_batch_size,
+        vae_lr=args.vae_lr,
+        unet_lr=args.lr,
+        save_every=args.save_every,
+        eval_every=args.eval_every,
+        seed=args.seed,
+    )
+    summary = run_pretrain(
+        args.output_dir, settings, resume=args.resume, overwrite=args.overwrite, progress=args.progress
+    )
+    print(f"model: {summary['model_dir']} (use --model {summary['model_dir']}); {summary['wall_time_s']:.0f} s")
+    return summary
+
+
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    from .quality import measure
+
+    pipe = load_pipeline(args.model)
+    report = measure(
+        pipe,
+        cache_dir=args.cache_dir,
+        prompts=args.num_prompts,
+        seeds=tuple(args.seeds),
+        steps=args.sample_steps,
+        guidance=args.guidance,
+        output_dir=args.output_dir or Path(args.model).parent,
+    )
+    for name in ("samples", "vae_round_trip", "renders"):
+        print(f"{name:>15}: " + ", ".join(f"{a} {v:.3f}" for a, v in report[name].items()))
+    return report
+
+
+def score(args: argparse.Namespace) -> dict[str, float]:
+    """Scores with CLIP/DINO when their paths are given, else with the glyph world's judge."""
+    from .metrics import ClipDinoScorer, JudgeScorer
+    from .metrics import score as compute
+
+    images = load_image_folder(args.images)
+    folders = {"subject_references": args.subject_references, "style_references": args.style_references}
+    references = {name: load_image_folder(path) for name, path in folders.items() if path}
+    prompts = None
+    if args.clip or args.dino:
+        scorer = ClipDinoScorer(clip=args.clip, dino=args.dino)
+        if args.attributes:
+            raise ValueError("--attributes names glyph-world values; with --clip use --prompt")
+        prompts = [args.prompt] * len(images) if args.prompt else None
+    else:
+        from .judge import cached_judge, load_judge
+
+        if args.prompt:
+            raise ValueError("--prompt is scored by CLIP: pass --clip PATH (or --attributes for the glyph judge)")
+        judge = load_judge(args.judge)[0] if args.judge else cached_judge(args.cache_dir)
+        scorer = JudgeScorer(judge)
+        if args.attributes:
+            pairs = [item.split("=", 1) for item in cli.csv_list(args.attributes)]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f"--attributes must be name=value pairs, got {args.attributes!r}")
+            prompts = [dict(pairs)] * len(images)
+    result = compute(scorer, images, prompts=prompts, **references)
+    print(json.dumps(result, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+COMMANDS = {
+    "score": score,
+    "train": train,
+    "sample": sample,
+    "compose": compose,
+    "export": export,
+    "pretrain": pretrain,
+    "quality": quality,
+}
 
 
 def main(args: argparse.Namespace) -> Any:
