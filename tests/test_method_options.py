@@ -113,3 +113,19 @@ def test_loldu_initial_z(init):
         assert z.abs().max() <= D.mean() / 2
     if init == "constant":
         assert torch.equal(z, torch.full((4,), 2.0))
+
+
+@pytest.mark.parametrize("init", [i for i in IDENTITY_Z_INITS if i != "lu"])
+def test_identity_z_inits_train_like_lu_under_adam(init):
+    """z − z₀ follows the same Adam trajectory whatever z₀, so ΔW after training matches `lu`'s up to rounding."""
+    deltas = {}
+    for name in ("lu", init):
+        model = get_peft_model(_mlp(), LoLDUConfig(r=4, z_init=name, target_modules=["fc2"]))
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(4):
+            model(X + step).pow(2).mean().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        deltas[name] = model.base_model.model.fc2.get_delta_weight("default").detach()
+    assert deltas["lu"].abs().max() > 1e-3
+    assert torch.allclose(deltas[init], deltas["lu"], atol=1e-5)
