@@ -169,6 +169,17 @@ def _inside(directory: Path, name: str) -> Path:
     return path
 
 
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON file that must hold an object; unreadable or other JSON gets an error naming the file and `what`."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not a readable {what} ({exc}); the file is damaged") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path} must hold a JSON object ({what}), not a JSON {type(raw).__name__}")
+    return raw
+
+
 def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
     """The raw `adapter_config.json` of `directory`, checked to be a JSON object with sane `peft_type` and
     `format_version` fields (any adapter type, PEFT's own included)."""
@@ -176,12 +187,7 @@ def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
     path = _inside(directory, CONFIG_NAME)
     if not path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; is it an adapter directory?")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not a readable adapter config ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path} must hold a JSON object of config fields, not a JSON {type(raw).__name__}")
+    raw = read_json_object(path, "adapter config")
     if not isinstance(raw.get("peft_type"), str):
         raise ValueError(f"{path} has no string 'peft_type' field (found {raw.get('peft_type')!r})")
     version = raw.get("format_version")

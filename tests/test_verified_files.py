@@ -148,8 +148,8 @@ def test_checksum_verification_covers_plain_tensor_files(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[1, 2]", "must hold a JSON object of config fields, not a JSON list"),
-        ('"SVFIT"', "must hold a JSON object of config fields, not a JSON str"),
+        ("[1, 2]", r"must hold a JSON object \(adapter config\), not a JSON list"),
+        ('"SVFIT"', r"must hold a JSON object \(adapter config\), not a JSON str"),
         ("{not json", "is not a readable adapter config"),
         ('{"r": 3}', "has no string 'peft_type' field"),
     ],
@@ -218,8 +218,8 @@ def test_an_rng_file_without_the_generator_states_is_refused(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda s: "}{ not json", r"state\.json is not valid JSON"),
-        (lambda s: "[1]", r"state\.json must hold a JSON object, not a list"),
+        (lambda s: "}{ not json", r"state\.json is not a readable checkpoint state"),
+        (lambda s: "[1]", r"state\.json must hold a JSON object \(checkpoint state\), not a JSON list"),
         (lambda s: json.dumps({k: v for k, v in s.items() if k != "optimizer"}), r"lacks \['optimizer'\]"),
         (lambda s: json.dumps({**s, "step": "2"}), r"'step' has the wrong type \(str\)"),
         (lambda s: json.dumps({**s, "optimizer": {"param_groups": []}}), "lacks its 'param_groups' list or 'scalars'"),

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import atomic_write, load_tensors, read_tensors, save_tensors
+from ..checkpoint import atomic_write, load_tensors, read_json_object, read_tensors, save_tensors
 from . import rng
 
 LATEST = "latest"
@@ -160,12 +160,7 @@ def latest(directory: Path) -> Path | None:
 
 def _read_state(path: Path) -> dict[str, Any]:
     """state.json, checked field by field."""
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"checkpoint file {path} is not valid JSON ({exc}); the checkpoint is damaged") from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint file {path} must hold a JSON object, not a {type(state).__name__}")
+    state = read_json_object(path, "checkpoint state")
     missing = sorted(set(_FIELDS) - set(state))
     if missing:
         raise ValueError(f"checkpoint file {path} lacks {missing}; the checkpoint is damaged or from another tool")
