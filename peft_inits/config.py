@@ -98,7 +98,9 @@ class AdapterConfig(PeftConfig):
         from .checkpoint import verify_adapter_dir
 
         path = Path(pretrained_model_name_or_path, subfolder or "")
-        if path.exists() or path.is_absolute() or str(pretrained_model_name_or_path).startswith((".", "~")):
+        pickled = (path / "adapter_model.bin").is_file() and not (path / "adapter_model.safetensors").exists()
+        local = path.exists() or path.is_absolute() or str(pretrained_model_name_or_path).startswith((".", "~"))
+        if local and not pickled:  # PEFT's pickle layout is PEFT's to read; the tuner's load checks still apply
             verify_adapter_dir(path)  # also restores a directory whose save was interrupted mid-swap
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 

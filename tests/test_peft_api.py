@@ -181,3 +181,13 @@ def test_composition_weight_applies_on_the_merged_and_the_factored_path():
         outputs[path] = layer(x) - layer.get_base_layer()(x)
     assert torch.allclose(outputs["factored"], 0.5 * full, atol=1e-6)
     assert torch.allclose(outputs["merged"], 0.5 * full, atol=1e-6)
+
+
+def test_peft_pickle_layout_still_loads_through_peft(tmp_path):
+    model = get_peft_model(_mlp(), SVFitConfig(r=2, target_modules=["fc1"]))
+    with torch.no_grad():
+        model.base_model.model.fc1.adapter("default").s.mul_(1.2)
+    model.save_pretrained(tmp_path, safe_serialization=False)
+    assert (tmp_path / "adapter_model.bin").is_file()
+    x = torch.randn(3, 13)
+    assert torch.equal(PeftModel.from_pretrained(_mlp(), tmp_path)(x), model(x))
