@@ -129,15 +129,20 @@ class AdapterWeights(nn.Module):
         state = (fp.data_ptr(), fp._version)
         if state == self._checked:
             return
-        stored = fp.detach().cpu()
-        stored = stored.view(torch.float64) if stored.dtype == torch.int64 else stored.double()
-        own = self._own_fingerprint.view(torch.float64)
-        if not Fn.fingerprints_match(stored, own) and not _ALLOW_OTHER_BASE.get():
-            raise ValueError(
-                f"this {self.method} adapter was trained on a different base weight (fingerprint {stored.tolist()} "
-                f"vs {own.tolist()}); load it onto the model it was made for"
-            )
+        if not self._fingerprint_matches(fp) and not _ALLOW_OTHER_BASE.get():
+            raise self._other_base_error(f"this {self.method} adapter", fp)
         self._checked = state
+
+    def _fingerprint_matches(self, saved: Tensor) -> bool:
+        stored = _fingerprint_values(saved)
+        return stored.shape == (4,) and Fn.fingerprints_match(stored, self._own_fingerprint.view(torch.float64))
+
+    def _other_base_error(self, what: str, saved: Tensor) -> ValueError:
+        return ValueError(
+            f"{what} was trained on a different base weight (fingerprint {_fingerprint_values(saved).tolist()} vs "
+            f"{self._own_fingerprint.view(torch.float64).tolist()}); load it onto the model it was made for, or on "
+            "purpose inside peft_inits.adapters.allow_other_base()"
+        )
 
     def init_random(self, generator: torch.Generator) -> None:
         """`init_weights=False`: overwrite the trained tensors with a random init whose ΔW is not zero.
@@ -181,19 +186,13 @@ class AdapterWeights(nn.Module):
         saved = state.get("fingerprint")
         if saved is None:
             raise ValueError(f"{where}: adapter file has no base-weight fingerprint; refusing to load it")
-        stored = saved.view(torch.float64) if saved.dtype == torch.int64 else saved.double()
-        own = self._own_fingerprint.view(torch.float64)  # never on the meta device, unlike the buffer
-        if stored.shape == (4,) and Fn.fingerprints_match(stored, own):
+        if self._fingerprint_matches(saved):  # against `_own_fingerprint`: never on the meta device, unlike the buffer
             return None
         if not _ALLOW_OTHER_BASE.get():
-            raise ValueError(
-                f"{where}: this {self.method} adapter was trained on a different base weight (fingerprint "
-                f"{stored.tolist()} vs {own.tolist()}); load it onto the model it was made for, or on purpose "
-                "inside peft_inits.adapters.allow_other_base()"
-            )
+            raise self._other_base_error(f"{where}: this {self.method} adapter", saved)
 
         def accept() -> None:  # the file's fingerprint is copied in: later checks before use must accept it
-            self._own_fingerprint = stored.detach().cpu().clone().view(torch.int64)
+            self._own_fingerprint = _fingerprint_values(saved).cpu().clone().view(torch.int64)
 
         return accept
 
@@ -209,6 +208,12 @@ class AdapterWeights(nn.Module):
 
     def extra_repr(self) -> str:
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
+
+
+def _fingerprint_values(saved: Tensor) -> Tensor:
+    """A stored fingerprint as float64 values (saved as the int64 bit pattern, or as floats by other writers)."""
+    saved = saved.detach()
+    return saved.view(torch.float64) if saved.dtype == torch.int64 else saved.double()
 
 
 def set_random(param: Tensor, values: Tensor) -> None:
@@ -260,6 +265,8 @@ class DecomposedWeights(AdapterWeights):
             return commit
 
         def apply() -> None:
+            if commit is not None:
+                commit()
             for name, value in repinned.items():
                 getattr(self, name).copy_(value)
 

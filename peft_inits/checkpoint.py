@@ -197,14 +197,15 @@ def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_config(directory: str | os.PathLike) -> AdapterConfig:
-    """The peft_inits config saved in `directory` (fields from a newer release are refused, not dropped)."""
+    """The peft_inits config saved in `directory` (fields from a newer release are refused, not dropped). The
+    directory's weights are not read here: callers that load them verify it (`verify_adapter_dir`)."""
     path = Path(directory) / CONFIG_NAME
     peft_type = read_config_json(directory)["peft_type"]
     method = method_of_peft_type(peft_type)
     if method is None:
         known = sorted(m.peft_type for m in methods())
         raise ValueError(f"{path} holds a {peft_type!r} adapter; peft_inits reads {known}")
-    return method.config.from_pretrained(str(directory))
+    return method.config.from_pretrained(str(directory), verify=False)
 
 
 def verify_adapter_dir(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:

@@ -92,15 +92,18 @@ class AdapterConfig(PeftConfig):
         self.spec_for_method(self.method, self.r, self.alpha)  # validate the options now, not at injection time
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str, subfolder: str | None = None, **kwargs: Any):
+    def from_pretrained(
+        cls, pretrained_model_name_or_path: str, subfolder: str | None = None, *, verify: bool = True, **kwargs: Any
+    ):
         """Read a saved config; a local adapter directory is verified first (config, checksums, symlinks), so
-        `PeftModel.from_pretrained` refuses a damaged directory before the model is touched."""
+        `PeftModel.from_pretrained` refuses a damaged directory before the model is touched. `verify=False`: the
+        caller has verified it already."""
         from .checkpoint import verify_adapter_dir
 
         path = Path(pretrained_model_name_or_path, subfolder or "")
         pickled = (path / "adapter_model.bin").is_file() and not (path / "adapter_model.safetensors").exists()
         local = path.exists() or path.is_absolute() or str(pretrained_model_name_or_path).startswith((".", "~"))
-        if local and not pickled:  # PEFT's pickle layout is PEFT's to read; the tuner's load checks still apply
+        if verify and local and not pickled:  # PEFT's pickle layout is PEFT's to read; the load checks still apply
             verify_adapter_dir(path)  # also restores a directory whose save was interrupted mid-swap
         return super().from_pretrained(pretrained_model_name_or_path, subfolder=subfolder, **kwargs)
 

@@ -222,3 +222,8 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
 
     def __repr__(self) -> str:
         return "pi." + super().__repr__()
+
+
+def adapter_layers(model: nn.Module, adapter_name: str) -> dict[str, AdapterLayer]:
+    """The layers of `model` that hold adapter `adapter_name`, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer) and adapter_name in m.pi_adapters}

@@ -12,17 +12,23 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import torch
 from torch import Tensor, nn
 
 from .adapters import Commit
-from .layers import AdapterLayer
+from .checkpoint import non_finite
+from .layers import AdapterLayer, adapter_layers
 
 _ADAPTER_KEY = re.compile(r"(?P<layer>.+)\.pi_adapters\.(?P<adapter>[^.]+)\.(?P<tensor>.+)")
 
 
-def adapter_layers(model: nn.Module, adapter_name: str) -> dict[str, AdapterLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer) and adapter_name in m.pi_adapters}
+def adapter_names_in(state_dict: Mapping[str, Tensor], prefix: str = "") -> set[str]:
+    """Names of the adapters whose tensors `state_dict` holds (keys `prefix` + module path)."""
+    names = set()
+    for key in state_dict:
+        match = _ADAPTER_KEY.fullmatch(key[len(prefix) :]) if key.startswith(prefix) else None
+        if match:
+            names.add(match["adapter"])
+    return names
 
 
 def remove_adapter(model: nn.Module, adapter_name: str) -> None:
@@ -68,6 +74,7 @@ def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], pref
             "target_modules / blocks and the file disagree"
         )
     commits: list[Commit] = []
+    verified = []
     for name, layer in layers.items():
         for adapter_name in loading & set(layer.pi_adapters):
             where = f"{name} ({adapter_name})"
@@ -85,7 +92,7 @@ def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], pref
             for tensor_name, value in saved.items():
                 _check_tensor(f"{where}: {tensor_name}", value, expected[tensor_name])
             commit = weights.verify(saved, where, layer.get_base_layer().weight)
-            weights.__dict__["_preverified"] = True  # its own _load_from_state_dict need not check again
+            verified.append(weights)
             for tensor_name, value in saved.items():
                 if value.shape != expected[tensor_name].shape:
                     raise ValueError(
@@ -94,6 +101,8 @@ def check_adapter_state(model: nn.Module, state_dict: Mapping[str, Tensor], pref
                     )
             if commit is not None:
                 commits.append(commit)
+    for weights in verified:  # their own _load_from_state_dict need not check again
+        weights.__dict__["_preverified"] = True
     return commits
 
 
@@ -102,8 +111,5 @@ def _check_tensor(where: str, value: Tensor, own: Tensor) -> None:
         not own.is_floating_point() and own.dtype != value.dtype
     ):
         raise ValueError(f"{where} is stored as {value.dtype} but must be {own.dtype}: the file is damaged")
-    if value.is_floating_point() and value.device.type != "meta" and value.numel():
-        lo, hi = torch.aminmax(value.detach())
-        if not (torch.isfinite(lo) and torch.isfinite(hi)):
-            bad = int((~torch.isfinite(value)).sum())
-            raise ValueError(f"{where} holds {bad} non-finite values (inf/NaN); refusing to load it")
+    if value.device.type != "meta" and (bad := non_finite({where: value})):
+        raise ValueError(f"{where} holds {bad[where]} non-finite values (inf/NaN); refusing to load it")

@@ -14,8 +14,8 @@ from torch import nn
 
 from .blocks import Target
 from .config import AdapterConfig
-from .layers import AdapterLayer, check_supported
-from .loading import check_adapter_state, remove_adapter
+from .layers import AdapterLayer, adapter_layers, check_supported
+from .loading import adapter_names_in, check_adapter_state, remove_adapter
 
 
 class AdapterModel(BaseTuner):
@@ -73,9 +73,8 @@ class AdapterModel(BaseTuner):
         fingerprint stays) in its base layer's dtype, e.g. fp16 to save memory."""
         if autocast_adapter_dtype:
             return
-        for module in self.model.modules():
-            if isinstance(module, AdapterLayer) and adapter_name in module.pi_adapters:
-                module.cast_adapter(adapter_name, module.get_base_layer().weight.dtype)
+        for module in adapter_layers(self.model, adapter_name).values():
+            module.cast_adapter(adapter_name, module.get_base_layer().weight.dtype)
 
     def _check_target_module_exists(self, peft_config: AdapterConfig, key: str) -> bool:
         return key in self._plans().get(id(peft_config), {})
@@ -103,11 +102,7 @@ class AdapterModel(BaseTuner):
 def _check_before_loading(tuner: AdapterModel, state_dict, prefix, *args, **kwargs) -> None:
     """load_state_dict pre-hook of the tuner: the whole file is validated before any child module copies a tensor."""
     inner = prefix + "model."
-    loading = {
-        key[len(inner) :].split(".pi_adapters.", 1)[1].split(".", 1)[0]
-        for key in state_dict
-        if key.startswith(inner) and ".pi_adapters." in key
-    }
+    loading = adapter_names_in(state_dict, inner)
     try:
         commits = check_adapter_state(tuner.model, state_dict, inner)
     except ValueError:

@@ -16,8 +16,8 @@ from peft import set_peft_model_state_dict
 from torch import nn
 
 from ..blocks import select_blocks
-from ..checkpoint import load_tensors, read_config
-from ..layers import AdapterLayer
+from ..checkpoint import read_config, verify_adapter_dir
+from ..layers import AdapterLayer, adapter_layers
 
 ABLATION_ROWS = (
     "ID only",
@@ -44,8 +44,8 @@ def load_named_adapter(unet: nn.Module, directory: str | Path, name: str) -> lis
     The base-weight fingerprints are checked while the weights load, so an adapter trained on another U-Net fails.
     """
     directory = Path(directory)
+    _, state = verify_adapter_dir(directory)  # checksum, symlinks, an interrupted swap: one read of the weights
     config = read_config(directory)
-    state = load_tensors(directory / "adapter_model.safetensors")
     with warnings.catch_warnings():  # several adapters on one model is the point here
         warnings.filterwarnings("ignore", message="Already found a `peft_config`")
         unet.add_adapter(config, adapter_name=name)
@@ -56,10 +56,6 @@ def load_named_adapter(unet: nn.Module, directory: str | Path, name: str) -> lis
     for layer in layers.values():
         layer.pi_adapters[name].requires_grad_(False)
     return sorted(layers)
-
-
-def adapter_layers(unet: nn.Module, name: str) -> dict[str, AdapterLayer]:
-    return {n: m for n, m in unet.named_modules() if isinstance(m, AdapterLayer) and name in m.pi_adapters}
 
 
 def layers_in_blocks(unet: nn.Module, names: Iterable[str], blocks: Sequence[str]) -> set[str]:

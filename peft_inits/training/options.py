@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -135,7 +135,3 @@ def check_applicable(options: Mapping[str, Any], compared: Iterable[str]) -> Non
             raise ValueError(
                 f"{specs[name].flag} is an option of {', '.join(specs[name].methods)}, not of {', '.join(names)}"
             )
-
-
-def option_names() -> Sequence[str]:
-    return tuple(option_specs())

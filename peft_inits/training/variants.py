@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .options import check_applicable, option_specs, options_for
+from .options import OptionSpec, check_applicable, option_specs, options_for
 from .settings import AdapterSettings, check_method, is_adapter_method, parse_rank
 
 _LIST_KEYS = {"target_modules", "module_kinds", "blocks", "exclude_modules", "head_modules"}
@@ -43,9 +43,8 @@ class Variant:
         return self.label.replace(" ", "_").replace("=", "").replace("+", "-").replace(",", "-")
 
 
-def _convert(key: str, text: str) -> Any:
+def _convert(key: str, text: str, specs: dict[str, OptionSpec]) -> Any:
     text = text.strip()
-    specs = option_specs()
     if key in specs:
         return specs[key].convert(text)
     if key == "r":
@@ -70,9 +69,9 @@ def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[
     left, right = text.split("=", 1)
     scope, _, key = left.strip().rpartition(".")
     key = key.replace("-", "_")
-    if key not in valid_keys():
-        raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(valid_keys())}")
     specs = option_specs()
+    if key not in _SETTING_KEYS and key not in specs:
+        raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(valid_keys())}")
     if scope:
         check_method(scope)
         if scope not in methods:
@@ -86,7 +85,7 @@ def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[
             raise ValueError(f"{text!r}: no compared method has option {key!r} ({', '.join(specs[key].methods)} do)")
     else:
         targets = [m for m in methods if is_adapter_method(m)]
-    values = [_convert(key, v) for v in (right.split(",") if many else [right])]
+    values = [_convert(key, v, specs) for v in (right.split(",") if many else [right])]
     if not values:
         raise ValueError(f"no value in {text!r}")
     return targets, key, values
@@ -124,13 +123,13 @@ def build_variants(
         for method in targets:
             swept[method].append((key, values))
     rows = []
+    specs = option_specs()
     for method in methods:
         axes = swept[method]
         combos = itertools.product(*[[(key, v) for v in values] for key, values in axes]) if axes else [()]
         for combo in combos:
             settings = {**fixed[method], **dict(combo)}
             lr = settings.pop("lr", None)
-            specs = option_specs()
             method_options = {k: settings.pop(k) for k in list(settings) if k in specs and k not in _SETTING_KEYS}
             adapter = dataclasses.replace(base, method=method, options=method_options, **settings)
             label = method + "".join(f" {key}={_show(value)}" for key, value in combo)
