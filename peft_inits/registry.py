@@ -38,7 +38,7 @@ class MethodOptions:
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check_type(f.name, value, hints[f.name])
+            _check_type(f.name, value, *option_kind(hints[f.name]))
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -48,21 +48,27 @@ class MethodOptions:
         """Cross-field validation of a method (override in the method's options)."""
 
 
-def _check_type(name: str, value: Any, hint: Any) -> None:
-    allowed = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
-    if value is None and type(None) in allowed:
+def option_kind(hint: Any) -> tuple[type, bool]:
+    """(bool | int | float | str, whether None is allowed) of an option field's type hint; other types are refused
+    because every option must be reachable as a flag, a config-file value and a sweep value."""
+    args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
+    kinds = [a for a in args if a is not type(None)]
+    if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
+        raise TypeError(f"method options must be bool, int, float or str (optionally None), got {hint!r}")
+    return kinds[0], type(None) in args
+
+
+def _check_type(name: str, value: Any, kind: type, optional: bool) -> None:
+    if value is None and optional:
         return
-    for kind in allowed:
-        if kind is bool and isinstance(value, bool):
-            return
-        if kind is int and isinstance(value, int) and not isinstance(value, bool):
-            return
-        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return
-        if kind is str and isinstance(value, str):
-            return
-    names = " or ".join("None" if k is type(None) else getattr(k, "__name__", str(k)) for k in allowed)
-    raise ValueError(f"{name} must be {names}, got {value!r}")
+    if isinstance(value, bool) != (kind is bool):
+        ok = False
+    elif kind is float:
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise ValueError(f"{name} must be {kind.__name__}{' or None' if optional else ''}, got {value!r}")
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,9 @@ import argparse
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
-from ..registry import get_method, methods
+from ..registry import get_method, methods, option_kind
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,13 @@ class OptionSpec:
         return value
 
 
-def _kind(hint: Any) -> tuple[type, bool]:
-    args = typing.get_args(hint) if typing.get_origin(hint) is Union else (hint,)
-    kinds = [a for a in args if a is not type(None)]
-    if len(kinds) != 1 or kinds[0] not in (bool, int, float, str):
-        raise TypeError(f"method options must be bool, int, float or str (optionally None), got {hint!r}")
-    return kinds[0], type(None) in args
-
-
 def option_specs() -> dict[str, OptionSpec]:
     """Every option of every registered method, by name (shared names merged; their types must agree)."""
     specs: dict[str, OptionSpec] = {}
     for method in methods():
         hints = typing.get_type_hints(method.options)
         for f in method.option_fields():
-            kind, optional = _kind(hints[f.name])
+            kind, optional = option_kind(hints[f.name])
             choices = f.metadata.get("choices")
             known = specs.get(f.name)
             if known is None:
