@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')"
 python -c "import triton" 2>/dev/null || python -m pip install -q "triton>=3.0"
-python -m pytest tests/test_kernels.py -m gpu -q -p no:cacheprovider
+python -m pytest tests/test_kernels.py tests/test_fsdp_accelerate.py -m gpu -q -p no:cacheprovider
 mkdir -p tests/benchmarks/results
 python -m pytest tests/benchmarks --benchmark-enable --bench-device cuda --bench-set full \
     --benchmark-json=tests/benchmarks/results/gpu.json -q -p no:cacheprovider "$@"
