@@ -164,3 +164,16 @@ def test_ablation_table_has_every_row_and_method(tmp_path, judge_dir):
     # resumable: a rerun reuses every adapter and every score
     again = run_ablation(settings, tmp_path / "abl", model="tiny", judge=judge_dir, progress=False)
     assert again["summary"] == summary
+
+
+def test_ablation_runs_on_the_shipped_model(tmp_path, judge_dir):
+    """The default path end to end (shipped model unpacked into the cache, glyph data, merged vs applied)."""
+    settings = AblationSettings(methods=("lora",), seeds=(0,), steps=2, style_steps=2, batch_size=2, images=4,
+                                prompts=2, sample_steps=4, references=8)  # fmt: skip
+    report = run_ablation(settings, tmp_path / "abl", cache_dir=tmp_path / "cache", judge=judge_dir, progress=False)
+    gaps = [report["summary"][row]["lora"]["merged_max_pixel_diff"]["mean"] for row in ABLATION_ROWS]
+    assert max(gaps) <= 3, gaps
+    ceiling = report["references"]["renders of the prompts (ceiling)"]
+    assert all(math.isfinite(ceiling[m]) for m in METRICS)
+    config = json.loads((tmp_path / "abl" / "runs" / "lora-s0-identity" / "config.json").read_text())
+    assert config["model"] == "glyph-t2i (shipped)" and config["resolution"] == 32
