@@ -142,6 +142,14 @@ def test_compose_rows_merged_equals_applied(tmp_path, judge_dir):
     assert max(gaps) <= 3, gaps  # merged ≡ applied up to float rounding (0–255 scale)
     pixels = [np.asarray(r[0], dtype=float) for r in result.rows]
     assert np.abs(pixels[0] - pixels[1]).max() > 3, "ID only and style only must render differently"
+    # the command: glyph adapters imply the prompts; per-row scores land next to the grid
+    argv = ["compose", "--model", "tiny", "--identity", str(tmp_path / "sks" / "weights"), "--style",
+            str(tmp_path / "zwx" / "weights"), "--judge", str(judge_dir), "--num-prompts", "2", "--seeds", "0",
+            "--sample-steps", "2", "--output", str(tmp_path / "grid.png")]  # fmt: skip
+    runner.main(runner.parse_args(argv))
+    report = json.loads((tmp_path / "grid.json").read_text())
+    assert len(report["rows"]) == 6 and all("sks glyph" in p and "zwx wall" in p for p in report["prompts"])
+    assert all(math.isfinite(row[m]) for row in report["rows"] for m in METRICS)
 
 
 def test_ablation_table_has_every_row_and_method(tmp_path, judge_dir):
