@@ -168,7 +168,8 @@ def test_ablation_table_has_every_row_and_method(tmp_path, judge_dir):
     table = (tmp_path / "abl" / "table.md").read_text()
     lines = [line for line in table.splitlines() if line.startswith("| ID") or line.startswith("| style")]
     assert len(lines) == len(ABLATION_ROWS) * 2
-    assert (tmp_path / "abl" / "grid.png").is_file() and set(report["verdict"]) == {"lora", "loldu"}
+    assert (tmp_path / "abl" / "grid.png").is_file() and set(report["verdict"]) == {"fidelity", "accuracy"}
+    assert all(set(v) == {"lora", "loldu"} for v in report["verdict"].values())
     # resumable: a rerun reuses every adapter and every score
     again = run_ablation(settings, tmp_path / "abl", model="tiny", judge=judge_dir, progress=False)
     assert again["summary"] == summary
@@ -185,3 +186,23 @@ def test_ablation_runs_on_the_shipped_model(tmp_path, judge_dir):
     assert all(math.isfinite(ceiling[m]) for m in METRICS)
     config = json.loads((tmp_path / "abl" / "runs" / "lora-s0-identity" / "config.json").read_text())
     assert config["model"] == "glyph-t2i (shipped)" and config["resolution"] == 32
+
+
+def test_verdict_reads_the_paper_pattern():
+    """Synthetic means shaped like the paper's finding reproduce; a style adapter that learned nothing gives None."""
+    from peft_inits.diffusion.ablation import verdict
+
+    def cell(value: float) -> dict:
+        return {"mean": value, "std": 0.0, "n": 3}
+
+    rows = {
+        **{"ID only": (0.9, 0.1), "style only": (0.1, 0.9), "ID + style, all blocks": (0.8, 0.8)},
+        **{"ID + style, upper": (0.85, 0.8), "ID + style, middle": (0.8, 0.2), "ID + style, lower": (0.2, 0.2)},
+    }
+    summary = {r: {"m": {"accuracy_subject": cell(s), "accuracy_background": cell(b)}} for r, (s, b) in rows.items()}
+    base = {"accuracy_subject": 0.0, "accuracy_background": 0.0}
+    found = verdict(summary, ["m"], base, ("accuracy_subject", "accuracy_background"))["m"]
+    assert found["reproduces"] is True and found["subject_bar"] == pytest.approx(0.45)
+    summary["style only"]["m"]["accuracy_background"] = cell(0.05)
+    found = verdict(summary, ["m"], base, ("accuracy_subject", "accuracy_background"))["m"]
+    assert found["reproduces"] is None and found["rows"]["ID + style, upper"]["takes_style"] is None

@@ -237,7 +237,7 @@ def run_ablation(
         "wall_time_s": time.perf_counter() - started,
         "summary": summary,
         "references": {name: row["scores"] for name, row in references.items()},
-        "verdict": verdict(summary, methods, references[BASE_ROW]["scores"]),
+        "verdict": verdicts(summary, methods, references[BASE_ROW]["scores"], references[RENDER_ROW]["scores"]),
         "runs": scores,
     }
     _write_json(out / "ablation.json", report)
@@ -345,27 +345,32 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(array.mean()), "std": std, "n": int(array.size)}
 
 
-def verdict(summary: Mapping[str, Any], methods: Sequence[str], base: Mapping[str, float]) -> dict[str, Any]:
+def verdict(
+    summary: Mapping[str, Any],
+    methods: Sequence[str],
+    base: Mapping[str, float],
+    measures: tuple[str, str] = ("subject_fidelity", "style_fidelity"),
+) -> dict[str, Any]:
     """Per method and ID + style placement: does it keep the subject / take the style, and does that match the paper?
 
-    A row keeps the subject when its judged subject accuracy is at least half-way from the base model's to the ID-only
-    row's; it takes the style when its background accuracy is at least half-way from the base model's to the
-    style-only row's (seed means). When the single adapter itself beats the base model by less than `LEARNED`, there
-    is nothing to keep or take and the answer is None.
+    `measures` = (subject measure, style measure): the fidelities (default) or the judge's accuracies. A row keeps the
+    subject when its subject measure is at least half-way from the base model's to the ID-only row's; it takes the
+    style when its style measure is at least half-way from the base model's to the style-only row's (seed means).
+    When the single adapter beats the base model by less than `LEARNED` of that measure's base-to-ceiling range,
+    there is nothing to keep or take and the answer is None.
     """
     out: dict[str, Any] = {}
     for method in methods:
         means = {row: {m: v["mean"] for m, v in summary[row][method].items()} for row in ABLATION_ROWS}
         bars = {}
-        for metric, single in (("accuracy_subject", "ID only"), ("accuracy_background", "style only")):
-            learned = means[single][metric] - base[metric] >= LEARNED
+        for metric, single in zip(measures, ("ID only", "style only"), strict=True):
+            learned = means[single][metric] - base[metric] >= LEARNED * abs(
+                base.get(f"ceiling_{metric}", 1.0) - base[metric]
+            )
             bars[metric] = (base[metric] + means[single][metric]) / 2 if learned else None
         rows = {}
         for row, expected in PAPER.items():
-            found = tuple(
-                None if bars[m] is None else bool(means[row][m] >= bars[m])
-                for m in ("accuracy_subject", "accuracy_background")
-            )
+            found = tuple(None if bars[m] is None else bool(means[row][m] >= bars[m]) for m in measures)
             matches = None if None in found else found == expected
             rows[row] = {
                 "keeps_subject": found[0],
@@ -375,16 +380,28 @@ def verdict(summary: Mapping[str, Any], methods: Sequence[str], base: Mapping[st
             }
         results = [r["matches"] for r in rows.values()]
         out[method] = {
-            "subject_bar": bars["accuracy_subject"],
-            "style_bar": bars["accuracy_background"],
+            "measures": list(measures),
+            "subject_bar": bars[measures[0]],
+            "style_bar": bars[measures[1]],
             "rows": rows,
             "reproduces": None if None in results else all(results),
         }
     return out
 
 
+VERDICTS = {"fidelity": ("subject_fidelity", "style_fidelity"), "accuracy": ("accuracy_subject", "accuracy_background")}
+
+
+def verdicts(
+    summary: Mapping[str, Any], methods: Sequence[str], base: Mapping[str, float], ceiling: Mapping[str, float]
+):
+    """The verdict by fidelities and by judged accuracies (the learned-or-not margin is relative to the renders)."""
+    framed = {**base, **{f"ceiling_{m}": ceiling[m] for m in METRICS}}
+    return {name: verdict(summary, methods, framed, measures) for name, measures in VERDICTS.items()}
+
+
 def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
-    """The table (mean ± std over seeds) with the reference rows, and the per-method verdict."""
+    """The table (mean ± std over seeds) with the reference rows, and the per-method verdicts."""
     summary, seeds = report["summary"], report["settings"]["seeds"]
     lines = [
         f"Block-wise LoRA ablation on the glyph-world model ({report['date']}, {report['wall_time_s'] / 60:.1f} min):",
@@ -401,22 +418,24 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
             lines.append(f"| {row} | {method} | " + " | ".join(numbers) + f" | {gap['mean']:.1f} |")
     for name, row_scores in report["references"].items():
         lines.append(f"| {name} | – | " + " | ".join(f"{row_scores[m]:.3f}" for m in METRICS) + " | – |")
-    placements = " | ".join(f"{p}: subject, style" for p in ("upper", "middle", "lower"))
-    lines += ["", f"| method | {placements} | paper reproduces |", "|---|---|---|---|---|"]
     mark = {True: "yes", False: "no", None: "–"}
-    for method in methods:
-        found = report["verdict"][method]
-        cells = [
-            f"{mark[r['keeps_subject']]}, {mark[r['takes_style']]}" + (" ✗" if r["matches"] is False else "")
-            for r in found["rows"].values()
-        ]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {mark[found['reproduces']]} |")
+    placements = " | ".join(f"{p}: subject, style" for p in ("upper", "middle", "lower"))
+    for name, found_by_method in report["verdict"].items():
+        lines += ["", f"By {name} ({' / '.join(VERDICTS[name])}):", "",
+                  f"| method | {placements} | paper reproduces |", "|---|---|---|---|---|"]  # fmt: skip
+        for method in methods:
+            found = found_by_method[method]
+            cells = [
+                f"{mark[r['keeps_subject']]}, {mark[r['takes_style']]}" + (" ✗" if r["matches"] is False else "")
+                for r in found["rows"].values()
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {mark[found['reproduces']]} |")
     lines += [
         "",
         "Paper (arXiv 2403.07500): upper = yes, yes; middle = yes, no; lower = no, no. A row keeps the subject when",
-        "its subject accuracy is at least half-way from the base model's to ID only's, and takes the style likewise",
-        "(background accuracy, base → style only); ✗ marks a placement that differs from the paper; – : the single",
-        f"adapter beat the base model by less than {LEARNED} accuracy, so there is nothing to keep or take.",
+        "its subject measure is at least half-way from the base model's to ID only's, and takes the style likewise",
+        "(style measure, base → style only); ✗ marks a placement that differs from the paper; – : the single adapter",
+        f"beat the base model by less than {LEARNED:.0%} of the base-to-renders range: nothing to keep or take.",
         "",
     ]
     return "\n".join(lines)
