@@ -214,7 +214,11 @@ def _ablation_parser(commands) -> None:
     from .ablation import AblationSettings
 
     d = AblationSettings()
-    ablation = commands.add_parser("ablation", help="Block-wise LoRA ablation: methods × seeds, table + grid + JSON")
+    ablation = commands.add_parser(
+        "ablation",
+        help="Block-wise LoRA ablation: methods × seeds, table + grid + JSON",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _model_arg(ablation)
     ablation.add_argument("--output-dir", default="runs/ablation", help="runs, table.md, ablation.json, grid.png")
     ablation.add_argument("--methods", type=cli.methods_list, default=None, help="default: every registered method")
