@@ -1,4 +1,4 @@
-"""The SD runner on the tiny embedded pipeline: train, resume, sample, compose, export, and its error messages."""
+"""The SD runner on the tiny pipeline (`--model tiny`): train, resume, sample, compose, export, error messages."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from peft_inits.diffusion import runner
 from peft_inits.training.rundir import read_records, without_timing
 
 FAST = (
+    "--model",
+    "tiny",
     "--steps",
     "4",
     "--batch-size",
@@ -109,6 +111,8 @@ def test_compose_renders_the_ablation_grid(trained):
         runner.parse_args(
             [
                 "compose",
+                "--model",
+                "tiny",
                 "--identity",
                 str(root / "identity" / "weights"),
                 "--style",
@@ -128,11 +132,15 @@ def test_compose_renders_the_ablation_grid(trained):
         assert grid.height == 6 * 64  # ID, style, ID+style, ID+style upper/middle/lower
         rows = np.asarray(grid.convert("RGB"))[:, -128:].reshape(6, 64, 128, 3).astype(float)
     assert len({round(row.mean(), 3) for row in rows}) >= 4, "the placements should render different images"
+    report = json.loads((root / "c.json").read_text())  # per-row scores next to the grid: none without a judge
+    assert len(report["rows"]) == 6 and report["note"].startswith("not scored")
 
 
 def test_export_writes_files_diffusers_loads(trained):
     root, _, _ = trained
-    written = runner.main(runner.parse_args(["export", "--adapter", str(root / "style" / "weights")]))
+    written = runner.main(
+        runner.parse_args(["export", "--model", "tiny", "--adapter", str(root / "style" / "weights")])
+    )
     peft_dir, diffusers_file, kohya = written
     for path in (diffusers_file, kohya):
         state_dict, _alphas = StableDiffusionPipeline.lora_state_dict(str(path))

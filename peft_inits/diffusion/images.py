@@ -101,3 +101,28 @@ class CropDataset(torch.utils.data.Dataset):
         if torch.rand(1, generator=generator) < 0.5:
             crop = crop.flip(-1)
         return crop.contiguous()
+
+
+class FixedImages(torch.utils.data.Dataset):
+    """Whole images served in order, item i = image i mod n, scaled to [-1, 1]: no crops and no flips, because a
+    rendered glyph is already framed and a mirrored glyph is another glyph. `image_index(i)` names the image, so
+    each item can carry its own caption."""
+
+    def __init__(self, images: np.ndarray, length: int | None = None) -> None:
+        if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+            raise ValueError(f"FixedImages needs a non-empty (N, H, W, 3) array, got shape {images.shape}")
+        self.pixels = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        self.length = length or len(images)
+
+    def __len__(self) -> int:
+        return self.length
+
+    @property
+    def image_count(self) -> int:
+        return len(self.pixels)
+
+    def image_index(self, index: int) -> int:
+        return index % len(self.pixels)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.pixels[self.image_index(index)]

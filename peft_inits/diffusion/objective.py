@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 
 from ..training.task import Task
-from .images import CropDataset
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -61,21 +61,25 @@ class Frozen:
 
 
 class DreamBoothData:
-    """Instance crops with their prompt, and class crops with theirs when prior preservation is on."""
+    """Instance images with their prompts, and class images with theirs when prior preservation is on.
+
+    A prompt is one string for every image of its set (a folder with one instance prompt), or one string per image
+    (glyph-world concepts: each render is captioned); per-image prompts need a dataset with `image_index(i)`.
+    """
 
     def __init__(
         self,
-        instance: CropDataset,
-        instance_prompt: str,
+        instance: Dataset,
+        instance_prompt: str | Sequence[str],
         frozen: Frozen,
-        prior: CropDataset | None = None,
-        class_prompt: str | None = None,
+        prior: Dataset | None = None,
+        class_prompt: str | Sequence[str] | None = None,
     ) -> None:
         if prior is not None and not class_prompt:
             raise ValueError("prior preservation needs a class prompt (e.g. 'a photo of a cat')")
         self.instance, self.prior = instance, prior
-        self.instance_ids = frozen.tokens([instance_prompt])[0]
-        self.class_ids = frozen.tokens([class_prompt])[0] if prior is not None else None
+        self.instance_ids = _prompt_ids(frozen, instance, instance_prompt, "instance")
+        self.class_ids = _prompt_ids(frozen, prior, class_prompt, "class") if prior is not None else None
 
     def __len__(self) -> int:
         return len(self.instance)
@@ -83,12 +87,31 @@ class DreamBoothData:
     def batch(self, indices: Sequence[int]) -> dict[str, Tensor]:
         batch = {
             "pixels": torch.stack([self.instance[i] for i in indices]),
-            "ids": self.instance_ids.expand(len(indices), -1).clone(),
+            "ids": _ids_for(self.instance, self.instance_ids, indices),
         }
         if self.prior is not None:
-            batch["prior_pixels"] = torch.stack([self.prior[i % len(self.prior)] for i in indices])
-            batch["prior_ids"] = self.class_ids.expand(len(indices), -1).clone()
+            prior_indices = [i % len(self.prior) for i in indices]
+            batch["prior_pixels"] = torch.stack([self.prior[i] for i in prior_indices])
+            batch["prior_ids"] = _ids_for(self.prior, self.class_ids, prior_indices)
         return batch
+
+
+def _prompt_ids(frozen: Frozen, dataset: Dataset, prompt: str | Sequence[str], kind: str) -> Tensor:
+    """Token ids (P, L): one row for a single prompt, one per image for per-image prompts."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if len(prompts) > 1:
+        if not hasattr(dataset, "image_index"):
+            raise ValueError(f"per-image {kind} prompts need a dataset that names its images (image_index)")
+        count = dataset.image_count
+        if count != len(prompts):
+            raise ValueError(f"{len(prompts)} {kind} prompts for {count} {kind} images: give one per image")
+    return frozen.tokens(prompts)
+
+
+def _ids_for(dataset: Dataset, ids: Tensor, indices: Sequence[int]) -> Tensor:
+    if len(ids) == 1:
+        return ids.expand(len(indices), -1).clone()
+    return ids[[dataset.image_index(i) for i in indices]]
 
 
 def noise_loss(
@@ -119,10 +142,11 @@ def diffusion_task(
     *,
     prediction: str,
     prior_weight: float = 1.0,
-    validation: CropDataset | None = None,
+    validation: DreamBoothData | None = None,
     validation_size: int = 8,
 ) -> Task:
-    """The loop's Task: training loss as above; `evaluate` returns {'val_loss': …} on a fixed draw."""
+    """The loop's Task: training loss as above; `evaluate` returns {'val_loss': …} on a fixed draw of `validation`
+    (its own images and prompts; default: the last instance items)."""
     if prediction not in PREDICTION_TYPES:
         raise ValueError(f"prediction must be one of {PREDICTION_TYPES}, got {prediction!r}")
 
@@ -134,13 +158,13 @@ def diffusion_task(
             )
         return value
 
-    held_out = validation or data.instance
+    held_out = validation or data
 
     def evaluate(model: nn.Module, split: str) -> dict[str, float]:
         device = next(model.parameters()).device
-        indices = list(range(len(held_out) - validation_size, len(held_out)))
-        pixels = torch.stack([held_out[i] for i in indices]).to(device)
-        ids = data.instance_ids.expand(len(indices), -1).to(device)
+        size = min(validation_size, len(held_out))
+        batch = held_out.batch(list(range(len(held_out) - size, len(held_out))))
+        pixels, ids = batch["pixels"].to(device), batch["ids"].to(device)
         generator = torch.Generator().manual_seed(1234)
         with torch.no_grad():
             value = noise_loss(model, frozen, pixels, ids, prediction, generator=generator)
