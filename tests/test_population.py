@@ -157,7 +157,7 @@ def test_export_loads_and_equals_the_population_slice(tmp_path, method):
         other = Net()
         with torch.no_grad():
             other.fc1.weight.mul_(1.5)
-        with pytest.raises(ValueError, match="different base weight|differs"):
+        with pytest.raises(ValueError, match=r"different base weight|differs"):
             load_adapter(other, directory)
 
 
@@ -169,7 +169,7 @@ def test_errors_are_clear():
         Population(prepared.model, 0)
     population = Population(prepared.model, 2)
     x = torch.randn(2, 3, 4, 4)
-    with pytest.raises(RuntimeError, match="population.batch"):
+    with pytest.raises(RuntimeError, match=r"population\.batch"):
         prepared.model(x)
     with pytest.raises(ValueError, match="must lie in"), population.batch(torch.tensor([0, 2])):
         pass
