@@ -335,7 +335,8 @@ def _train_all(args, pipe, dataset: D.AdapterDataset, todo: list[Job], resolutio
                 optimizer.zero_grad(set_to_none=True)
                 recent = [*recent[-9:], losses.detach()[: len(jobs)].cpu()]
                 bar.update(len(jobs))
-                bar.set_postfix(chunk=f"{number}/{len(chunks)}", loss=f"{float(losses.detach()[: len(jobs)].mean()):.4f}")
+                mean = float(losses.detach()[: len(jobs)].mean())
+                bar.set_postfix(chunk=f"{number}/{len(chunks)}", loss=f"{mean:.4f}")
             after = _eval_losses(unet, frozen, population, chunk, settings["prediction"], device)
             final = torch.stack(recent).mean(0).tolist()
             elapsed = time.perf_counter() - started
