@@ -56,6 +56,7 @@ class _Member:
     layer: AdapterLayer
     factors: _Factors
     stacked: dict[str, nn.Parameter]
+    varying: tuple[int, ...] | None = None  # which of (down, gain, up) depend on the trained tensors
 
 
 class Population:
@@ -213,20 +214,25 @@ class Population:
 
         return hook
 
-    def _factors(self, member: _Member) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-        """(down, gain, up): a factor shared by every copy as one tensor, one that differs gathered per sample."""
-        per_copy = [
-            functional_call(member.factors, {f"adapter.{n}": p[k] for n, p in member.stacked.items()}, ())
-            for k in range(self.size)
-        ]
-        gathered = []
-        for values in zip(*per_copy, strict=True):
-            first = values[0]
-            if first is None or all(v is first for v in values):
-                gathered.append((first, False))
-            else:
-                gathered.append((torch.stack(values)[self._index.to(first.device)], True))
-        return tuple(gathered)  # type: ignore[return-value]
+    def _factors(self, member: _Member) -> tuple[tuple[Tensor | None, bool], ...]:
+        """(down, gain, up), each with whether it differs per sample: a factor shared by every copy (a frozen buffer,
+        returned as itself) stays one tensor; the others are evaluated on all K copies at once (`vmap` over
+        `functional_call`) and gathered per sample."""
+        if member.varying is None:
+            own = member.factors()
+            probe = functional_call(member.factors, {f"adapter.{n}": p[0] for n, p in member.stacked.items()}, ())
+            member.varying = tuple(i for i, (a, b) in enumerate(zip(own, probe, strict=True)) if b is not a)
+
+        def varying(params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            out = functional_call(member.factors, {f"adapter.{n}": p for n, p in params.items()}, ())
+            return tuple(out[i] for i in member.varying)
+
+        factors: list[tuple[Tensor | None, bool]] = [(f, False) for f in member.factors()]
+        if member.varying:
+            stacked = torch.func.vmap(varying)(member.stacked)
+            for position, value in zip(member.varying, stacked, strict=True):
+                factors[position] = (value[self._index.to(value.device)], True)
+        return tuple(factors)
 
     def _delta(self, member: _Member, x: Tensor) -> Tensor:
         (down, down_each), (gain, gain_each), (up, up_each) = self._factors(member)

@@ -214,69 +214,75 @@ def _pixels(arrays: np.ndarray) -> Tensor:
 
 
 class Chunk:
-    """Up to K jobs trained together: their images, prompts' token ids, data order and noise streams."""
+    """Up to K jobs trained together: their images' latents and prompts' text states (computed once: the images are
+    fixed renders and both encoders are frozen, so every step would recompute the same values), data order and noise
+    streams."""
 
     def __init__(self, jobs: Sequence[Job], frozen: Frozen, images: int, references: int, resolution: int,
-                 batch_size: int) -> None:  # fmt: skip
+                 batch_size: int, device: torch.device) -> None:  # fmt: skip
         self.jobs = list(jobs)
-        self.pixels, self.ids, self.ref_pixels, self.ref_ids = [], [], [], []
+        self.latents, self.context, self.ref_latents, self.ref_context = [], [], [], []
+        states: dict[str, Tensor] = {}
         for job in self.jobs:
-            arrays, prompts = job.subject.images(images, resolution, "train")
-            self.pixels.append(_pixels(arrays))
-            self.ids.append(frozen.tokens(prompts))
-            arrays, prompts = job.subject.images(references, resolution, "references")
-            self.ref_pixels.append(_pixels(arrays))
-            self.ref_ids.append(frozen.tokens(prompts))
+            for count, stream, latents, context in (
+                (images, "train", self.latents, self.context),
+                (references, "references", self.ref_latents, self.ref_context),
+            ):
+                arrays, prompts = job.subject.images(count, resolution, stream)
+                latents.append(frozen.latents(_pixels(arrays).to(device)))
+                for text in set(prompts) - set(states):
+                    states[text] = frozen.context(frozen.tokens([text]).to(device))[0]
+                context.append(torch.stack([states[text] for text in prompts]))
         self.samplers = [StepSampler(images, batch_size, job.seed) for job in self.jobs]
         self.generators = [torch.Generator().manual_seed(job.noise_seed) for job in self.jobs]
 
     def batch(self, step: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(pixels, token ids, adapter index) of one step: each adapter's own batch, in job order."""
+        """(latents, text states, adapter index) of one step: each adapter's own batch, in job order."""
         picks = [sampler.indices(step) for sampler in self.samplers]
-        pixels = torch.cat([p[i] for p, i in zip(self.pixels, picks, strict=True)])
-        ids = torch.cat([t[i] for t, i in zip(self.ids, picks, strict=True)])
-        index = torch.cat([torch.full((len(i),), k) for k, i in enumerate(picks)])
-        return pixels, ids, index
+        latents = torch.cat([x[i] for x, i in zip(self.latents, picks, strict=True)])
+        context = torch.cat([c[i] for c, i in zip(self.context, picks, strict=True)])
+        index = torch.cat([torch.full((len(i),), k) for k, i in enumerate(picks)]).to(latents.device)
+        return latents, context, index
 
 
 def population_noise_loss(
     unet: torch.nn.Module,
-    frozen: Frozen,
+    scheduler: Any,
     population: Population,
-    pixels: Tensor,
-    ids: Tensor,
+    latents: Tensor,
+    context: Tensor,
     index: Tensor,
     generators: Sequence[torch.Generator],
     prediction: str,
 ) -> Tensor:
-    """Each adapter's `objective.noise_loss`, shape (K,), from one U-Net forward: adapter k's noise and timesteps are
-    drawn from its own generator in the order `noise_loss(..., generator=generators[k])` draws them on its samples."""
-    latents = frozen.latents(pixels)
+    """Each adapter's `objective.noise_loss`, shape (K,), from one U-Net forward on VAE latents and text states:
+    adapter k's noise and timesteps come from its own generator, drawn in the order `noise_loss(..., generator=
+    generators[k])` draws them for its samples."""
     noise = torch.empty(latents.shape)
     timesteps = torch.empty(latents.shape[0], dtype=torch.long)
-    steps = frozen.scheduler.config.num_train_timesteps
+    steps = scheduler.config.num_train_timesteps
+    cpu_index = index.cpu()
     for k, generator in enumerate(generators):
-        rows = (index == k).nonzero().flatten()
+        rows = (cpu_index == k).nonzero().flatten()
         if len(rows):
             noise[rows] = torch.randn((len(rows), *latents.shape[1:]), generator=generator)
             timesteps[rows] = torch.randint(0, steps, (len(rows),), generator=generator)
     noise, timesteps = noise.to(latents), timesteps.to(latents.device)
-    noisy = frozen.scheduler.add_noise(latents, noise, timesteps)
-    target = noise if prediction == "epsilon" else frozen.scheduler.get_velocity(latents, noise, timesteps)
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = noise if prediction == "epsilon" else scheduler.get_velocity(latents, noise, timesteps)
     with population.batch(index):
-        predicted = unet(noisy, timesteps, encoder_hidden_states=frozen.context(ids.to(latents.device))).sample
+        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
     per_sample = (predicted.float() - target.float()).pow(2).flatten(1).mean(1)
     return per_adapter_mean(per_sample, index, population.size)
 
 
-def _eval_losses(unet, frozen: Frozen, population: Population, chunk: Chunk, prediction: str, device) -> list[float]:
+def _eval_losses(unet, scheduler, population: Population, chunk: Chunk, prediction: str) -> list[float]:
     """Each adapter's noise loss on its references, on one fixed draw of noise and timesteps per adapter."""
-    pixels = torch.cat(chunk.ref_pixels).to(device)
-    ids = torch.cat(chunk.ref_ids)
-    index = torch.cat([torch.full((len(p),), k) for k, p in enumerate(chunk.ref_pixels)])
+    latents, context = torch.cat(chunk.ref_latents), torch.cat(chunk.ref_context)
+    index = torch.cat([torch.full((len(x),), k) for k, x in enumerate(chunk.ref_latents)]).to(latents.device)
     generators = [torch.Generator().manual_seed(EVAL_SEED) for _ in chunk.jobs]
     with torch.no_grad():
-        losses = population_noise_loss(unet, frozen, population, pixels, ids, index.to(device), generators, prediction)
+        losses = population_noise_loss(unet, scheduler, population, latents, context, index, generators, prediction)
     return losses[: len(chunk.jobs)].tolist()
 
 
@@ -314,17 +320,23 @@ def _train_all(args, pipe, dataset: D.AdapterDataset, todo: list[Job], resolutio
             with torch.no_grad():
                 for param, value in zip(population.parameters(), init, strict=True):
                     param.copy_(value)
-            chunk = Chunk(jobs, frozen, args.images, args.references, resolution, args.batch_size)
-            before = _eval_losses(unet, frozen, population, chunk, settings["prediction"], device)
+            chunk = Chunk(jobs, frozen, args.images, args.references, resolution, args.batch_size, device)
+            before = _eval_losses(unet, frozen.scheduler, population, chunk, settings["prediction"])
             optimizer = population.optimizer(settings["lr"], args.weight_decay)
             scheduler = build_scheduler(optimizer, schedule)
             recent: list[Tensor] = []
             for step in range(args.steps):
-                pixels, ids, index = chunk.batch(step)
+                latents, context, index = chunk.batch(step)
                 losses = population_noise_loss(
-                    unet, frozen, population, pixels.to(device), ids, index.to(device), chunk.generators,
+                    unet,
+                    frozen.scheduler,
+                    population,
+                    latents,
+                    context,
+                    index,
+                    chunk.generators,
                     settings["prediction"],
-                )  # fmt: skip
+                )
                 total = losses.sum()
                 if not torch.isfinite(total):
                     raise FloatingPointError(f"the loss became {total.item()} at step {step + 1}; lower --lr")
@@ -337,7 +349,7 @@ def _train_all(args, pipe, dataset: D.AdapterDataset, todo: list[Job], resolutio
                 bar.update(len(jobs))
                 mean = float(losses.detach()[: len(jobs)].mean())
                 bar.set_postfix(chunk=f"{number}/{len(chunks)}", loss=f"{mean:.4f}")
-            after = _eval_losses(unet, frozen, population, chunk, settings["prediction"], device)
+            after = _eval_losses(unet, frozen.scheduler, population, chunk, settings["prediction"])
             final = torch.stack(recent).mean(0).tolist()
             elapsed = time.perf_counter() - started
             for k, job in enumerate(jobs):
