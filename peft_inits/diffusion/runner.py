@@ -36,6 +36,7 @@ from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
+from . import adapter_dataset
 from .composition import load_named_adapter
 from .concepts import Prompt
 from .images import load_image_folder
@@ -144,6 +145,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _pretrain_parser(commands)
     _quality_parser(commands)
     _score_parser(commands)
+    adapter_dataset.add_parser(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -573,6 +575,7 @@ COMMANDS = {
     "export": export,
     "pretrain": pretrain,
     "quality": quality,
+    "adapter-dataset": adapter_dataset.run,
 }
 
 

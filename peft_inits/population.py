@@ -1,0 +1,284 @@
+"""Population training: K adapters of one method on one frozen model, trained together in one batched forward.
+
+Every sample of a batch carries an adapter index. Each adapter layer keeps K stacked copies of the *trainable*
+parameters of its adapter module; the layer's factors for adapter k are that module's own `factors()` evaluated on
+copy k (`torch.func.functional_call`), so any registered method works unchanged. A factor that is the same tensor for
+every copy (a frozen buffer such as SVFit's V_rᵀ) is applied once to the whole batch; one that differs (a gain, LoRA's
+A and B) is gathered per sample. The frozen base layer runs once for the whole batch, as multi-adapter serving batches
+LoRAs.
+
+    population = Population(peft_model, size=16)          # the model holds one adapter ("default") of any method
+    optimizer = population.optimizer(lr=5e-3)
+    with population.batch(index):                         # index[b] = adapter of sample b
+        losses = per_adapter_losses(model(x), index)      # (K,)
+    losses.sum().backward()                               # = each adapter's own gradient: the copies never mix
+    population.clip_grad_norms(1.0); optimizer.step()
+    population.save(k, "adapters/k")                      # a normal adapter directory (PEFT layout, checksummed)
+
+Optimising the sum of the adapters' mean losses with AdamW (element-wise) and per-adapter gradient clipping gives
+each copy exactly the updates it would get trained alone (`tests/test_population.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .checkpoint import save_adapter
+from .layers import AdapterLayer, adapter_layers
+
+CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + eps), at most 1
+
+
+class _Factors(nn.Module):
+    """`adapter.factors()` as a forward, so `functional_call` can evaluate it on other parameter values."""
+
+    def __init__(self, adapter: nn.Module) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    def forward(self) -> tuple[Tensor, Tensor | None, Tensor]:
+        return self.adapter.factors()
+
+
+@dataclass
+class _Member:
+    """One adapter layer of the population: its K stacked trainable tensors, by the adapter's parameter name."""
+
+    name: str
+    layer: AdapterLayer
+    factors: _Factors
+    stacked: dict[str, nn.Parameter]
+    varying: tuple[int, ...] | None = None  # which of (down, gain, up) depend on the trained tensors
+
+
+class Population:
+    """K copies of the trainable tensors of adapter `adapter_name` on every layer of `model`, trained in one forward.
+
+    While attached (from construction until `detach`), the model's own adapter is switched off and each adapter layer
+    adds the population's per-sample delta to its base output; a forward outside `batch(index)` is an error, so no
+    call silently runs the bare base model.
+    """
+
+    def __init__(self, model: nn.Module, size: int, adapter_name: str = "default") -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"population size must be an int >= 1, got {size!r}")
+        layers = adapter_layers(model, adapter_name)
+        if not layers:
+            raise ValueError(f"the model holds no adapter named {adapter_name!r}; wrap it with get_peft_model first")
+        self.model, self.size, self.adapter_name = model, size, adapter_name
+        self.members: list[_Member] = []
+        self._requires_grad: dict[int, bool] = {}
+        for name, layer in layers.items():
+            adapter = layer.adapter(adapter_name)  # materialised and checked against the base weight
+            trainable = {n: p for n, p in adapter.named_parameters() if p.requires_grad}
+            if not trainable:
+                raise ValueError(f"{name}: adapter {adapter_name!r} has no trainable tensor to copy")
+            stacked = {
+                n: nn.Parameter(p.detach().unsqueeze(0).repeat(size, *([1] * p.ndim)).clone())
+                for n, p in trainable.items()
+            }
+            self.members.append(_Member(name, layer, _Factors(adapter), stacked))
+        self._index: Tensor | None = None
+        self._handles = []
+        self._attach()
+
+    # ------------------------------------------------------------------------------------------------ parameters
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for member in self.members for p in member.stacked.values()]
+
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for member in self.members:
+            for name, param in member.stacked.items():
+                yield f"{member.name}.{name}", param
+
+    def trainable_per_adapter(self) -> int:
+        return sum(p[0].numel() for p in self.parameters())
+
+    def optimizer(self, lr: float, weight_decay: float = 0.0) -> torch.optim.AdamW:
+        """AdamW over the stacked tensors with the project's rule (`training.optim`): weight decay on an adapter's
+        matrices only, never on its vectors (SVFit s, LoLDU z); judged on one copy's shape, not the stack's."""
+        decay = [p for p in self.parameters() if p.ndim - 1 >= 2]
+        no_decay = [p for p in self.parameters() if p.ndim - 1 < 2]
+        groups = [
+            {"params": chosen, "weight_decay": wd, "role": "adapter"}
+            for chosen, wd in ((decay, weight_decay), (no_decay, 0.0))
+            if chosen
+        ]
+        return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+
+    @torch.no_grad()
+    def grad_norms(self) -> Tensor:
+        """Each adapter's gradient norm over all its tensors, shape (K,)."""
+        total = torch.zeros(self.size, dtype=torch.float64)
+        for param in self.parameters():
+            if param.grad is not None:
+                total += param.grad.reshape(self.size, -1).double().pow(2).sum(1).cpu()
+        return total.sqrt()
+
+    @torch.no_grad()
+    def clip_grad_norms(self, max_norm: float) -> Tensor:
+        """Clip each adapter's gradient to `max_norm` on its own (as `clip_grad_norm_` on that adapter alone would);
+        returns the norms before clipping. `max_norm` ≤ 0 only measures."""
+        norms = self.grad_norms()
+        if max_norm > 0:
+            coef = (max_norm / (norms + CLIP_EPS)).clamp(max=1.0)
+            for param in self.parameters():
+                if param.grad is not None:
+                    shape = (self.size, *([1] * (param.ndim - 1)))
+                    param.grad.mul_(coef.to(param.grad).reshape(shape))
+        return norms
+
+    @torch.no_grad()
+    def set_member(self, k: int, source: nn.Module | None = None) -> None:
+        """Copy the trainable tensors of `source`'s adapter (default: the model's own) into copy k."""
+        self._check_index(k)
+        layers = adapter_layers(source, self.adapter_name) if source is not None else None
+        for member in self.members:
+            adapter = (layers[member.name] if layers is not None else member.layer).pi_adapters[self.adapter_name]
+            for name, param in member.stacked.items():
+                param[k].copy_(adapter.get_parameter(name))
+
+    # ------------------------------------------------------------------------------------------------ export
+
+    @torch.no_grad()
+    def load_member(self, k: int) -> None:
+        """Copy slice k into the model's own adapter (which then is adapter k, e.g. for `save` or plain use)."""
+        self._check_index(k)
+        for member in self.members:
+            adapter = member.layer.pi_adapters[self.adapter_name]
+            for name, param in member.stacked.items():
+                adapter.get_parameter(name).copy_(param[k])
+
+    def save(self, k: int, directory: str | Path) -> Path:
+        """Write adapter k as a normal adapter directory: PEFT layout, base fingerprint, sha256, written atomically
+        (`checkpoint.save_adapter`); it loads with `PeftModel.from_pretrained` like any trained adapter."""
+        self.load_member(k)
+        return save_adapter(self.model, directory, self.adapter_name)
+
+    # ------------------------------------------------------------------------------------------------ forward
+
+    @contextlib.contextmanager
+    def batch(self, index: Tensor) -> Iterator[None]:
+        """Forwards inside the block use adapter index[b] for sample b (a 1-D integer tensor, one entry a sample)."""
+        index = torch.as_tensor(index)
+        if index.ndim != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"the adapter index must be a 1-D integer tensor, got {tuple(index.shape)} {index.dtype}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.size):
+            raise ValueError(f"adapter indices must lie in [0, {self.size}), got {index.min()}..{index.max()}")
+        previous, self._index = self._index, index.long()
+        try:
+            yield
+        finally:
+            self._index = previous
+
+    def _attach(self) -> None:
+        for member in self.members:
+            layer = member.layer
+            for param in layer.pi_adapters[self.adapter_name].parameters():
+                self._requires_grad[id(param)] = param.requires_grad
+            layer.enable_adapters(False)
+            self._handles.append(layer.register_forward_hook(self._hook(member)))
+
+    def detach(self) -> None:
+        """Remove the hooks and switch the model's own adapter back on (holding whatever was loaded last)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for member in self.members:
+            member.layer.enable_adapters(True)
+            for param in member.layer.pi_adapters[self.adapter_name].parameters():
+                param.requires_grad_(self._requires_grad.get(id(param), param.requires_grad))
+
+    def _hook(self, member: _Member):
+        def hook(layer: AdapterLayer, args: tuple, output: Tensor) -> Tensor:
+            if self._index is None:
+                raise RuntimeError(
+                    f"{member.name}: a population forward needs the adapter of each sample: run it inside "
+                    "population.batch(index), or detach() the population to use the model's own adapter"
+                )
+            x = args[0]
+            if x.shape[0] != self._index.numel():
+                raise ValueError(
+                    f"{member.name}: input batch of {x.shape[0]} samples but {self._index.numel()} adapter indices"
+                )
+            return output + self._delta(member, x).to(output.dtype)
+
+        return hook
+
+    def _factors(self, member: _Member) -> tuple[tuple[Tensor | None, bool], ...]:
+        """(down, gain, up), each with whether it differs per sample: a factor shared by every copy (a frozen buffer,
+        returned as itself) stays one tensor; the others are evaluated on all K copies at once (`vmap` over
+        `functional_call`) and gathered per sample."""
+        if member.varying is None:
+            own = member.factors()
+            probe = functional_call(member.factors, {f"adapter.{n}": p[0] for n, p in member.stacked.items()}, ())
+            member.varying = tuple(i for i, (a, b) in enumerate(zip(own, probe, strict=True)) if b is not a)
+
+        def varying(params: dict[str, Tensor]) -> tuple[Tensor, ...]:
+            out = functional_call(member.factors, {f"adapter.{n}": p for n, p in params.items()}, ())
+            return tuple(out[i] for i in member.varying)
+
+        factors: list[tuple[Tensor | None, bool]] = [(f, False) for f in member.factors()]
+        if member.varying:
+            stacked = torch.func.vmap(varying)(member.stacked)
+            for position, value in zip(member.varying, stacked, strict=True):
+                factors[position] = (value[self._index.to(value.device)], True)
+        return tuple(factors)
+
+    def _delta(self, member: _Member, x: Tensor) -> Tensor:
+        (down, down_each), (gain, gain_each), (up, up_each) = self._factors(member)
+        scale = member.layer.effective_scale(self.adapter_name)
+        x = x.to(down.dtype)
+        if gain is not None and gain_each:
+            gain = gain[:, None, :] if not member.layer.is_conv else gain[:, :, None, None]
+        elif gain is not None and member.layer.is_conv:
+            gain = gain[:, None, None]
+        if member.layer.is_conv:
+            return _conv_delta(member.layer, x, down, down_each, gain, up, up_each) * scale
+        batch = x.shape[0]
+        tokens = x.reshape(batch, -1, x.shape[-1])
+        h = torch.bmm(tokens, down.transpose(1, 2)) if down_each else tokens @ down.T
+        if gain is not None:
+            h = h * gain
+        out = torch.bmm(h, up.transpose(1, 2)) if up_each else h @ up.T
+        return (out * scale).reshape(*x.shape[:-1], out.shape[-1])
+
+    def _check_index(self, k: int) -> None:
+        if not 0 <= k < self.size:
+            raise IndexError(f"adapter {k} is outside the population of {self.size}")
+
+
+def _conv_delta(
+    layer: AdapterLayer, x: Tensor, down: Tensor, down_each: bool, gain: Tensor | None, up: Tensor, up_each: bool
+) -> Tensor:
+    """LoCon per sample: R as a conv with the base geometry (grouped by sample when R differs), gain, C as 1×1."""
+    conv = layer.get_base_layer()
+    geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+    r = down.shape[-2]
+    if down_each:
+        batch, channels = x.shape[:2]
+        kernel = down.reshape(batch * r, channels, *conv.kernel_size)
+        h = F.conv2d(x.reshape(1, batch * channels, *x.shape[2:]), kernel, groups=batch, **geometry)
+        h = h.reshape(batch, r, *h.shape[2:])
+    else:
+        h = F.conv2d(x, down.reshape(r, -1, *conv.kernel_size), **geometry)
+    if gain is not None:
+        h = h * gain
+    return torch.einsum("brhw,bmr->bmhw", h, up) if up_each else torch.einsum("brhw,mr->bmhw", h, up)
+
+
+def per_adapter_mean(values: Tensor, index: Tensor, size: int) -> Tensor:
+    """Mean of per-sample `values` (B,) over each adapter's samples, shape (K,); an adapter without samples gets 0."""
+    index = index.to(values.device)
+    sums = torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, index, values)
+    counts = torch.bincount(index, minlength=size).to(values.dtype).clamp(min=1)
+    return sums / counts
