@@ -29,6 +29,7 @@ from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
+from . import generate_adapter as generation
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
 from .images import EMBEDDED_SETS, CropDataset, embedded_images, load_image_folder, resize_short_side
 from .objective import PREDICTION_TYPES, DreamBoothData, Frozen, diffusion_task
@@ -127,6 +128,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _pretrain_parser(commands)
     _quality_parser(commands)
     _score_parser(commands)
+    generation.add_parsers(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -435,6 +437,7 @@ COMMANDS = {
     "export": export,
     "pretrain": pretrain,
     "quality": quality,
+    **generation.COMMANDS,
 }
 
 
