@@ -22,6 +22,7 @@ from ..checkpoint import read_json_object, verify_adapter_dir
 from ..registry import method_of_peft_type
 
 SPLITS = ("train", "heldout")
+WRAPPER_PREFIX = "base_model.model."  # what a PeftModel's save adds; diffusers' add_adapter saves without it
 _RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
 
 
@@ -122,7 +123,7 @@ def load_entries(dataset: AdapterDataset, entries: Sequence[Entry]) -> tuple[dic
                 f"{dataset.root} mixes {what}: {first.directory} and {entry.directory} differ; a generator learns "
                 "adapters of one method and config"
             )
-        states.append(tensors)
+        states.append({key.removeprefix(WRAPPER_PREFIX): value for key, value in tensors.items()})
     assert first is not None
     config, _ = verify_adapter_dir(first.directory)
     return config, states

@@ -176,15 +176,19 @@ def sample_tokens(
     steps: int = 50,
     guidance: float = 1.0,
     seed: int = 0,
+    clip: float | None = None,
     progress: bool = False,
 ) -> Tensor:
     """DDIM (η = 0) samples, one per condition row, with classifier-free guidance `guidance` (1: conditional only,
-    0: unconditional). Returns (B, L, W) tokens, zero on the padding."""
+    0: unconditional). `clip` bounds each step's predicted clean tokens to ±clip (the training tokens' range, with a
+    margin: in normalised units anything beyond it is no adapter the data set resembles). Returns (B, L, W) tokens,
+    zero on the padding."""
     from diffusers import DDIMScheduler
     from tqdm.auto import tqdm
 
     model.eval()
-    scheduler = DDIMScheduler.from_config(noise_schedule(model.settings).config)
+    extra = {} if clip is None else {"clip_sample": True, "clip_sample_range": float(clip)}
+    scheduler = DDIMScheduler.from_config(noise_schedule(model.settings).config, **extra)
     scheduler.set_timesteps(steps)
     batch = len(next(iter(conditions.values())))
     generator = torch.Generator().manual_seed(seed)

@@ -27,7 +27,7 @@ from ..registry import method_of_peft_type
 from ..training.runner import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from . import features as feats
-from .entries import AdapterDataset, Entry, load_entries, read_dataset, reference_images
+from .entries import WRAPPER_PREFIX, AdapterDataset, Entry, load_entries, read_dataset, reference_images
 from .generator import Denoiser, FeatureNormaliser, GeneratorSettings, TokenRows, generator_task, sample_tokens
 from .representation import (
     Codec,
@@ -234,6 +234,7 @@ def train_generator(
         "features": asdict(choice),
         "generator": asdict(settings),
     }
+    run_config = json.loads(json.dumps(run_config))  # as config.json holds it (tuples become lists), for --resume
     summary = execute(
         output_dir=output_dir,
         build_model=lambda: Denoiser(layers, token_width, dims, settings),
@@ -269,6 +270,7 @@ def train_generator(
         "train_adapters": [e.name for e in data.train],
         "explained_variance": data.explained_variance,
         "token_widths": data.codec.widths,
+        "token_range": float(data.train_tokens.abs().max()),
         "sizes": sizes,
         "feature_time_s": feature_s,
         "summary": {k: summary.get(k) for k in ("steps", "train_time_s", "best", "final", "median_step_time_s")},
@@ -341,15 +343,23 @@ def generate_tensors(
 ) -> list[dict[str, Tensor]]:
     """Saved-adapter tensors for each row of raw (unnormalised) `conditions` (name → (B, D))."""
     tokens = sample_tokens(
-        run.denoiser, run.normaliser(conditions), run.codec.mask(), steps=steps, guidance=guidance, seed=seed
+        run.denoiser,
+        run.normaliser(conditions),
+        run.codec.mask(),
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        clip=1.5 * run.meta["token_range"],
     )
     return [adapter_tensors(run.layout, run.template, vectors) for vectors in run.codec.decode(tokens)]
 
 
 def write_generated(run: GeneratorRun, state: Mapping[str, Tensor], out: str | Path, info: Mapping[str, Any]) -> Path:
-    """A normal adapter directory (the data set's config, checksummed weights) plus `generated.json`."""
+    """A normal adapter directory in the layout `PeftModel.save_pretrained` writes (keys under `base_model.model.`,
+    the data set's config, checksummed weights), plus `generated.json` saying how it was made."""
     text = json.dumps(dict(info), indent=2, sort_keys=True, default=str, ensure_ascii=False) + "\n"
-    return write_adapter_dir(out, dict(state), run.meta["adapter_config"], texts={"generated.json": text})
+    tensors = {f"{WRAPPER_PREFIX}{key}": value for key, value in state.items()}
+    return write_adapter_dir(out, tensors, run.meta["adapter_config"], texts={"generated.json": text})
 
 
 def generate_adapter(
