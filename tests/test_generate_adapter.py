@@ -215,3 +215,46 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.height == 64 and grid.width >= 5 * 64  # 3 references | 1 generated | 1 trained
     assert "| generated |" in (tmp_path / "report.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def encoders(tmp_path_factory):
+    """A width-16 CLIP (with its image projection) and a width-16 DINOv2, saved as local checkpoints."""
+    from transformers import BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config, Dinov2Model
+
+    root = tmp_path_factory.mktemp("encoders")
+    torch.manual_seed(0)
+    text = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 16}  # fmt: skip
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
+    config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=32, patch_size=8)  # fmt: skip
+    Dinov2Model(config).save_pretrained(root / "dino")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "dino")
+    return root
+
+
+def test_image_encoder_features_clip_and_dino(world, encoders, tmp_path):
+    from peft_inits.generation.features import ImageEncoderFeatures, build_sources, read_references
+
+    images = read_references(world["dataset"] / "references" / "sA")
+    assert ImageEncoderFeatures(encoders / "clip")(images).shape == (3, 8)  # CLIP image embeddings
+    assert ImageEncoderFeatures(encoders / "dino")(images).shape == (3, 16)  # DINO CLS token
+    with pytest.raises(ValueError, match="needs --image-encoder PATH"):
+        build_sources(["image-encoder"])
+    with pytest.raises(FileNotFoundError, match="not a local transformers checkpoint"):
+        ImageEncoderFeatures(tmp_path)
+    with pytest.raises(ValueError, match="unknown feature source"):
+        build_sources(["clip"])
+    extra = ["--features", "image-encoder,judge", "--image-encoder", str(encoders / "dino")]
+    meta = runner.main(runner.parse_args(train_args(world["dataset"], tmp_path / "gen", world["judge"], *extra)))
+    assert meta["feature_dims"] == {"image-encoder": 16, "judge": 256}
+    reference = world["dataset"] / "references" / "sC"
+    args = ["generate-adapter", "--generator", str(tmp_path / "gen"), "--reference", str(reference)]
+    runner.main(runner.parse_args([*args, "--out", str(tmp_path / "out")]))
+    verify_adapter_dir(tmp_path / "out")
+    with pytest.raises(ValueError, match="gives 8 values but the generator was trained on 16"):  # another encoder
+        runner.main(runner.parse_args([*args, "--out", str(tmp_path / "x"), "--image-encoder", str(encoders / "clip")]))
