@@ -119,3 +119,30 @@ def test_feature_normaliser_refuses_another_extractor():
         normaliser({"vae": torch.zeros(1, 4)})
     with pytest.raises(ValueError, match="gives 3 values but the generator was trained on 4"):
         normaliser({"judge": torch.zeros(1, 3)})
+
+
+def test_training_conditions_are_means_of_reference_subsets():
+    """Rows of 3 and 2 images: each batch condition is the mean of a non-empty subset of its own row's images."""
+    import itertools
+
+    images = torch.tensor([[[1.0], [2.0], [4.0]], [[8.0], [16.0], [0.0]]])  # row 1's third slot is padding
+    counts = torch.tensor([3, 2])
+    means = {"f": images.sum(1) / counts[:, None]}
+    rows = TokenRows(torch.zeros(2, 1, 1), means, {"f": images}, counts, keep=0.5)
+    allowed = [
+        {sum(c) / len(c) for k in (1, 2, 3) for c in itertools.combinations((1.0, 2.0, 4.0), k)},
+        {8.0, 16.0, 12.0},
+    ]
+    seen = [set(), set()]
+    torch.manual_seed(0)
+    for _ in range(60):
+        condition = rows.batch([0, 1])["conditions"]["f"][:, 0]
+        for row in (0, 1):
+            value = round(float(condition[row]), 6)
+            assert any(abs(value - a) < 1e-5 for a in allowed[row]), (row, value)
+            seen[row].add(value)
+    assert len(seen[0]) >= 5 and len(seen[1]) == 3  # subsets vary; padding never enters
+    full = TokenRows(torch.zeros(2, 1, 1), means, {"f": images}, counts, keep=1.0).batch([0, 1])
+    torch.testing.assert_close(full["conditions"]["f"], means["f"])
+    with pytest.raises(ValueError, match="reference_keep"):
+        GeneratorSettings(reference_keep=0.0)

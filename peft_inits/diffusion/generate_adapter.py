@@ -50,6 +50,9 @@ def add_parsers(commands) -> None:
     arch.add_argument("--latent", type=int, default=g.latent, help="per-layer latent size (PCA) of wide layers")
     arch.add_argument("--condition-dropout", type=float, default=g.condition_dropout, help="for guidance")
     arch.add_argument("--prediction", choices=PREDICTIONS, default=g.prediction)
+    arch.add_argument(
+        "--reference-keep", type=float, default=g.reference_keep, help="share of references per training condition"
+    )
     run = train.add_argument_group("training")
     run.add_argument("--steps", type=int, default=3000)
     run.add_argument("--batch-size", type=int, default=64)
@@ -105,6 +108,7 @@ def train_generator(args: argparse.Namespace) -> dict[str, Any]:
         latent=args.latent,
         condition_dropout=args.condition_dropout,
         prediction=args.prediction,
+        reference_keep=args.reference_keep,
     )
     train = TrainSettings(
         steps=args.steps,

@@ -14,7 +14,7 @@ A subject's condition is the mean of its references' features (a set of any size
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -161,8 +161,3 @@ def condition(sources: Sequence[FeatureSource], images: Sequence[Any]) -> dict[s
     if not images:
         raise ValueError("a subject needs at least one reference image")
     return {source.name: source(images).mean(0) for source in sources}
-
-
-def stack_conditions(conditions: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor]:
-    names = list(conditions[0])
-    return {name: torch.stack([c[name] for c in conditions]) for name in names}

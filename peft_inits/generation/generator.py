@@ -34,6 +34,7 @@ class GeneratorSettings:
     heads: int = 4
     latent: int = 16  # per-layer latent size for layers wider than this (PCA)
     condition_dropout: float = 0.1
+    reference_keep: float = 0.7  # each reference image joins a training condition with this probability (≥ 1 does)
     prediction: str = "epsilon"
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
@@ -45,6 +46,8 @@ class GeneratorSettings:
             raise ValueError(f"width {self.width} must be a multiple of heads {self.heads}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout}")
+        if not 0.0 < self.reference_keep <= 1.0:
+            raise ValueError(f"reference_keep must be in (0, 1], got {self.reference_keep}")
 
 
 def timestep_embedding(t: Tensor, width: int) -> Tensor:
@@ -122,18 +125,43 @@ def masked_mse(predicted: Tensor, target: Tensor, mask: Tensor) -> Tensor:
 
 
 class TokenRows:
-    """Training rows: layer tokens and each source's condition, indexed by the loop's sampler."""
+    """Training rows: layer tokens and each source's condition, indexed by the loop's sampler.
 
-    def __init__(self, tokens: Tensor, conditions: Mapping[str, Tensor]) -> None:
+    With per-image features (`images`: name → (N, R, D), `counts`: real images per row) each batch row's condition
+    is the mean over a random subset of its references (each kept with probability `keep`, at least one), so the
+    generator also learns from conditions of fewer images, as a user may give; `conditions` (all images) is what
+    validation uses.
+    """
+
+    def __init__(
+        self,
+        tokens: Tensor,
+        conditions: Mapping[str, Tensor],
+        images: Mapping[str, Tensor] | None = None,
+        counts: Tensor | None = None,
+        keep: float = 1.0,
+    ) -> None:
         self.tokens = tokens
         self.conditions = dict(conditions)
+        self.images = None if images is None else dict(images)
+        self.counts = counts
+        self.keep = keep
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def batch(self, indices: Sequence[int]) -> dict[str, object]:
         index = torch.as_tensor(list(indices))
-        return {"tokens": self.tokens[index], "conditions": {n: c[index] for n, c in self.conditions.items()}}
+        if self.images is None or self.counts is None or self.keep >= 1.0:
+            conditions = {n: c[index] for n, c in self.conditions.items()}
+        else:
+            width = next(iter(self.images.values())).shape[1]
+            valid = torch.arange(width)[None] < self.counts[index][:, None]
+            chosen = (torch.rand(len(index), width) < self.keep) & valid
+            chosen = torch.where(chosen.any(1, keepdim=True), chosen, valid)
+            weights = chosen.float() / chosen.sum(1, keepdim=True)
+            conditions = {n: (f[index] * weights[..., None]).sum(1) for n, f in self.images.items()}
+        return {"tokens": self.tokens[index], "conditions": conditions}
 
 
 def generator_task(
@@ -222,16 +250,17 @@ class FeatureNormaliser:
         missing = sorted(set(self.means) - set(conditions))
         if missing:
             raise ValueError(f"conditions lack the feature source(s) {missing} the generator was trained with")
-        out = {}
-        for name in self.means:
-            value = conditions[name].double()
-            if value.shape[-1] != self.means[name].shape[0]:
-                raise ValueError(
-                    f"feature source {name!r} gives {value.shape[-1]} values but the generator was trained on "
-                    f"{self.means[name].shape[0]}: a different feature extractor?"
-                )
-            out[name] = ((value - self.means[name]) / self.stds[name]).float()
-        return out
+        return {name: self.one(name, conditions[name]) for name in self.means}
+
+    def one(self, name: str, value: Tensor) -> Tensor:
+        """One source's features (…, D) in normalised units."""
+        value = value.double()
+        if value.shape[-1] != self.means[name].shape[0]:
+            raise ValueError(
+                f"feature source {name!r} gives {value.shape[-1]} values but the generator was trained on "
+                f"{self.means[name].shape[0]}: a different feature extractor?"
+            )
+        return ((value - self.means[name]) / self.stds[name]).float()
 
     def tensors(self) -> dict[str, Tensor]:
         return {**{f"mean.{n}": v for n, v in self.means.items()}, **{f"std.{n}": v for n, v in self.stds.items()}}

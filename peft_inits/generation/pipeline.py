@@ -124,15 +124,41 @@ class FeatureChoice:
         )
 
 
-def subject_conditions(sources: Sequence[feats.FeatureSource], entries: Sequence[Entry]) -> dict[str, Tensor]:
-    """Per entry (computed once per subject): each source's mean reference feature, stacked (N, D)."""
+@dataclass
+class SubjectFeatures:
+    """Per entry: each source's mean reference feature (N, D), the per-image features (N, R, D, zero-padded) and
+    the number of reference images (N,)."""
+
+    means: dict[str, Tensor]
+    images: dict[str, Tensor]
+    counts: Tensor
+
+
+def subject_features(sources: Sequence[feats.FeatureSource], entries: Sequence[Entry]) -> SubjectFeatures:
+    """Features of every entry's references, computed once per subject."""
     cache: dict[str, dict[str, Tensor]] = {}
     rows = []
     for entry in entries:
         if entry.subject_id not in cache:
-            cache[entry.subject_id] = feats.condition(sources, reference_images(entry))
+            images = reference_images(entry)
+            cache[entry.subject_id] = {source.name: source(images) for source in sources}
         rows.append(cache[entry.subject_id])
-    return feats.stack_conditions(rows)
+    counts = torch.tensor([len(next(iter(row.values()))) for row in rows])
+    width = int(counts.max())
+    padded = {}
+    for source in sources:
+        stack = torch.zeros(len(rows), width, rows[0][source.name].shape[1], dtype=torch.float64)
+        for i, row in enumerate(rows):
+            stack[i, : len(row[source.name])] = row[source.name]
+        padded[source.name] = stack
+    means = {name: stack.sum(1) / counts[:, None] for name, stack in padded.items()}
+    return SubjectFeatures(means, padded, counts)
+
+
+def _rows(tokens: Tensor, features: SubjectFeatures, normaliser: FeatureNormaliser, keep: float) -> TokenRows:
+    """Rows with normalised conditions; per-image features are normalised alike (the map is affine)."""
+    images = {name: normaliser.one(name, stack) for name, stack in features.images.items()}
+    return TokenRows(tokens, normaliser(features.means), images, features.counts, keep)
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -212,12 +238,15 @@ def train_generator(
     data = prepare_data(dataset_dir, base, settings.latent, progress=train_settings.progress)
     sources = choice.build(base)
     feature_started = time.perf_counter()
-    raw_train = subject_conditions(sources, data.train)
-    raw_heldout = subject_conditions(sources, data.heldout) if data.heldout else None
+    train_features = subject_features(sources, data.train)
+    heldout_features = subject_features(sources, data.heldout) if data.heldout else None
     feature_s = time.perf_counter() - feature_started
+    raw_train = train_features.means
     normaliser = FeatureNormaliser.fit(raw_train)
-    train_rows = TokenRows(data.train_tokens, normaliser(raw_train))
-    validation = TokenRows(data.heldout_tokens, normaliser(raw_heldout)) if raw_heldout is not None else train_rows
+    train_rows = _rows(data.train_tokens, train_features, normaliser, settings.reference_keep)
+    validation = train_rows
+    if heldout_features is not None:
+        validation = TokenRows(data.heldout_tokens, normaliser(heldout_features.means))
     mask = data.codec.mask()
     dims = {name: int(value.shape[1]) for name, value in raw_train.items()}
     layers, token_width = mask.shape
