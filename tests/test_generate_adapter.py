@@ -60,6 +60,7 @@ def build_dataset(root, config, per_subject=3, wrapped=False):
                     "seed": seed,
                     "references": f"references/{subject_id}",
                     "train_time_s": 1.5,
+                    **{"family": "serif", "variant": "bold", "colour": "green"},  # the subject's recorded look
                 }
             )
     index = {"method": config.method, "model": None, "settings": {}, "adapters": adapters}
@@ -211,7 +212,8 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
         assert -1.0 <= row["subject_fidelity"]["mean"] <= 1.0 and 0.0 <= row["prompt_fidelity"]["mean"] <= 1.0
     assert table["trained"]["time_to_adapter_s"] == 1.5 and table["generated"]["time_to_adapter_s"] < 30
     assert report["details"][0]["retrieved_subject"] == "sA"  # the red references' nearest training subject
-    assert report["details"][0]["words"][0].endswith("on a plain background")
+    words = report["details"][0]["words"][0]  # recorded look + the judge's nearest training letter
+    assert words.startswith("a green bold serif letter ") and words.endswith(" on a plain background")
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.height == 64 and grid.width >= 5 * 64  # 3 references | 1 generated | 1 trained
     assert "| generated |" in (tmp_path / "report.md").read_text()
@@ -258,3 +260,14 @@ def test_image_encoder_features_clip_and_dino(world, encoders, tmp_path):
     verify_adapter_dir(tmp_path / "out")
     with pytest.raises(ValueError, match="gives 8 values but the generator was trained on 16"):  # another encoder
         runner.main(runner.parse_args([*args, "--out", str(tmp_path / "x"), "--image-encoder", str(encoders / "clip")]))
+
+
+def test_model_names_resolve_like_the_data_set_writes_them(tmp_path):
+    from peft_inits.generation.pipeline import model_folder
+
+    assert model_folder(None) is None and model_folder("tiny") is None
+    unpacked = model_folder("glyph-t2i", tmp_path)  # the shipped model, unpacked (links) into the cache
+    assert unpacked == str(tmp_path / "glyph-t2i") and (tmp_path / "glyph-t2i" / "unet").is_dir()
+    assert model_folder(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="neither a diffusers folder"):
+        model_folder("sd-v9")

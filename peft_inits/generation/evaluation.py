@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from . import features as feats
 from .entries import Entry, read_dataset
-from .pipeline import Base, check_base, generate_tensors, load_generator, write_generated
+from .pipeline import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
 ROWS = ("generated", "trained", "retrieval", "words", "none")
 DEFAULT_TEMPLATE = "a sks glyph on {background}"
@@ -58,13 +58,19 @@ def _mean_std(values: Sequence[float]) -> dict[str, float]:
     }
 
 
-def describe(scorer, references: Sequence[Any], background: str) -> str:
-    """The nearest training-world caption of the references, by the judge's mean probabilities."""
+def describe(scorer, references: Sequence[Any], background: str, known: dict[str, Any] | None = None) -> str:
+    """The nearest training-world caption of the references: the attributes the data set records for the subject
+    (`known`: family, variant, colour — its typeface and colour words), the rest by the judge's mean probabilities
+    over training-world values (the glyph itself: the nearest training letter)."""
     from ..diffusion.world import Scene, attribute_values
 
     probabilities = scorer.probabilities(references)
     chosen = {}
     for attribute in ("subject", "family", "variant", "colour"):
+        value = (known or {}).get(attribute)
+        if attribute != "subject" and value in attribute_values(attribute):
+            chosen[attribute] = value
+            continue
         classes = scorer.judge.classes[attribute]
         allowed = [classes.index(v) for v in attribute_values(attribute)]
         mean = probabilities[attribute].mean(0)[allowed]
@@ -116,7 +122,7 @@ def evaluate(
     chosen = sorted(subjects)[: settings.limit]
     train_by_name = {e.name: e for e in dataset.split("train")}
     model = model if model is not None else run.meta.get("model")
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model_folder(model, cache_dir or "runs/cache"))
     check_base(pipe.unet, run.layout, run.template, f"generator {run.root}")
     base = Base(pipe.unet, pipe.vae, pipe.unet.config.sample_size * pipe.vae_scale_factor, model)
     recorded = run.choice
@@ -128,7 +134,9 @@ def evaluate(
     unknown = [b for b in settings.backgrounds if b not in phrases]
     if unknown:
         raise ValueError(f"unknown background(s) {unknown}; known: {', '.join(phrases)}")
-    template = settings.prompt_template or dataset.settings.get("prompt_template") or DEFAULT_TEMPLATE
+    word = dataset.settings.get("subject_word")
+    template = settings.prompt_template or dataset.settings.get("prompt_template")
+    template = template or (f"a {word} on {{background}}" if word else DEFAULT_TEMPLATE)
     prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
 
     def render(adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
@@ -195,7 +203,7 @@ def evaluate(
         nearest = train_by_name[_nearest_subject(run, condition)]
         times["retrieval"].append(feature_s + time.perf_counter() - began)
         row_variants["retrieval"] = scores(render(nearest.directory, prompts, "retrieval"), reference_features)
-        words = [describe(scorer, references, b) for b in settings.backgrounds]
+        words = [describe(scorer, references, b, entries[0].extra) for b in settings.backgrounds]
         row_variants["words"] = scores(render(None, words, "words"), reference_features)
         times["words"].append(0.0)
         row_variants["none"] = scores(render(None, prompts, "none"), reference_features)

@@ -56,9 +56,27 @@ class Base:
     model: str | None
 
 
-def load_base(model: str | None) -> Base:
-    """The U-Net and VAE of a local diffusers folder, or of the tiny embedded pipeline (model None or 'tiny')."""
+def model_folder(model: str | None, cache_dir: str | Path = "runs/cache") -> str | None:
+    """A data set's or user's model name as a folder: None for the tiny pipeline (None, '' or 'tiny'), the shipped
+    glyph-world model's name ('glyph-t2i') unpacked into `cache_dir`, or an existing diffusers folder."""
+    from ..diffusion.assets import GLYPH_T2I, unpack
+
     if model in (None, "", "tiny"):
+        return None
+    if Path(model).expanduser().is_dir():
+        return str(Path(model).expanduser())
+    if model == GLYPH_T2I.name:
+        return str(unpack(GLYPH_T2I, Path(cache_dir) / GLYPH_T2I.name))
+    raise FileNotFoundError(
+        f"model {model!r} is neither a diffusers folder, 'tiny', nor the shipped {GLYPH_T2I.name!r}; pass --model DIR"
+    )
+
+
+def load_base(model: str | None, cache_dir: str | Path = "runs/cache") -> Base:
+    """The U-Net and VAE of a local diffusers folder, the shipped glyph-world model ('glyph-t2i', unpacked into
+    `cache_dir`), or the tiny embedded pipeline (model None or 'tiny')."""
+    name, model = model, model_folder(model, cache_dir)
+    if model is None:
         from ..diffusion.tiny import tiny_pipeline
 
         pipe = tiny_pipeline()
@@ -72,7 +90,7 @@ def load_base(model: str | None) -> Base:
         unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", local_files_only=True)
         vae = AutoencoderKL.from_pretrained(str(root), subfolder="vae", local_files_only=True)
     resolution = unet.config.sample_size * 2 ** (len(vae.config.block_out_channels) - 1)
-    return Base(unet.eval(), vae.eval(), resolution, None if model in (None, "", "tiny") else str(model))
+    return Base(unet.eval(), vae.eval(), resolution, None if name in (None, "", "tiny") else str(name))
 
 
 def check_base(unet: nn.Module, layout: Sequence[LayerLayout], template: Mapping[str, Tensor], what: str) -> None:
@@ -234,7 +252,7 @@ def train_generator(
     started = time.perf_counter()
     dataset = read_dataset(dataset_dir)
     model = model if model is not None else dataset.model
-    base = load_base(model)
+    base = load_base(model, choice.cache_dir or "runs/cache")
     data = prepare_data(dataset_dir, base, settings.latent, progress=train_settings.progress)
     sources = choice.build(base)
     feature_started = time.perf_counter()
@@ -412,7 +430,7 @@ def generate_adapter(
         raise ValueError(f"generator {run.root} was trained on {run.method} adapters, not {method}; use --method "
                          f"{run.method} or a generator trained on a {method} data set")  # fmt: skip
     model = model if model is not None else run.meta.get("model")
-    base = load_base(model)
+    base = load_base(model, run.choice.cache_dir or "runs/cache")
     check_base(base.unet, run.layout, run.template, f"generator {run.root}")
     choice = run.choice
     choice = FeatureChoice(
