@@ -222,16 +222,29 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     """A width-16 CLIP (with its image projection) and a width-16 DINOv2, saved as local checkpoints."""
-    from transformers import BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2Config, Dinov2Model
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    from peft_inits.diffusion.tiny import byte_level_tokenizer
 
     root = tmp_path_factory.mktemp("encoders")
     torch.manual_seed(0)
-    text = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 16}  # fmt: skip
+    tokenizer = byte_level_tokenizer(root / "tok")
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": len(tokenizer) - 2,
+            "eos_token_id": len(tokenizer) - 1, "pad_token_id": len(tokenizer) - 1}  # fmt: skip
     vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
               "image_size": 32, "patch_size": 8}  # fmt: skip
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(root / "clip")
     config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                           image_size=32, patch_size=8)  # fmt: skip
     Dinov2Model(config).save_pretrained(root / "dino")
@@ -271,3 +284,19 @@ def test_model_names_resolve_like_the_data_set_writes_them(tmp_path):
     assert model_folder(str(tmp_path)) == str(tmp_path)
     with pytest.raises(FileNotFoundError, match="neither a diffusers folder"):
         model_folder("sd-v9")
+
+
+def test_generation_eval_scores_with_clip_and_dino_for_real_sd(world, encoders, tmp_path):
+    args = [
+        "generation-eval", "--dataset", str(world["dataset"]), "--generator", str(world["generator"]),
+        "--output-dir", str(tmp_path), "--judge", str(world["judge"]), "--seeds", "0", "--image-seeds", "0,1",
+        "--sample-steps", "2", "--clip", str(encoders / "clip"), "--dino", str(encoders / "dino"),
+        "--prompts", "a sks glyph on grass", "--describe", "red square", "--class-word", "square",
+    ]  # fmt: skip
+    report = runner.main(runner.parse_args(args))
+    assert report["details"][0]["words"] == ["a red square on grass"] and report["prompts"] == ["a sks glyph on grass"]
+    for row in report["table"].values():
+        assert -1.0 <= row["subject_fidelity"]["mean"] <= 1.0 and -1.0 <= row["prompt_fidelity"]["mean"] <= 1.0
+    assert report["table"]["none"]["subject_fidelity"]["n"] == 2  # image seeds are the deterministic rows' variants
+    with pytest.raises(ValueError, match="needs --describe"):
+        runner.main(runner.parse_args([a for a in args if a not in ("--describe", "red square")]))

@@ -93,6 +93,12 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--judge", default=None, help="judge folder scoring the samples (default: --cache-dir's)")
     evaluate.add_argument("--cache-dir", default="runs/cache")
     evaluate.add_argument("--image-encoder", default=None)
+    real = evaluate.add_argument_group("real SD (CLIP / DINO scoring instead of the glyph judge)")
+    real.add_argument("--clip", default=None, help="local CLIP folder: CLIP-I and CLIP-T")
+    real.add_argument("--dino", default=None, help="local DINO folder: subject fidelity")
+    real.add_argument("--prompts", type=cli.csv_list, default=None, help="prompts holding the subject word")
+    real.add_argument("--describe", default=None, help="words row: the subject in words, replacing the subject word")
+    real.add_argument("--class-word", default=None, help="CLIP-T: the class noun replacing the subject word")
 
 
 def train_generator(args: argparse.Namespace) -> dict[str, Any]:
@@ -173,6 +179,9 @@ def generation_eval(args: argparse.Namespace) -> dict[str, Any]:
         prompt_template=args.prompt_template,
         backgrounds=tuple(args.backgrounds),
         limit=args.limit,
+        prompts=tuple(args.prompts) if args.prompts else None,
+        describe=args.describe,
+        class_word=args.class_word,
     )
     report = evaluate(
         args.dataset,
@@ -183,6 +192,8 @@ def generation_eval(args: argparse.Namespace) -> dict[str, Any]:
         judge=args.judge,
         cache_dir=args.cache_dir,
         image_encoder=args.image_encoder,
+        clip=args.clip,
+        dino=args.dino,
     )
     print(json.dumps(report["table"], indent=2))
     return report

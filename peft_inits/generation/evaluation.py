@@ -34,7 +34,6 @@ from .entries import Entry, read_dataset
 from .pipeline import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
 ROWS = ("generated", "trained", "retrieval", "words", "none")
-DEFAULT_TEMPLATE = "a sks glyph on {background}"
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,11 @@ class EvalSettings:
     backgrounds: tuple[str, ...] = ("plain", "brick")
     limit: int | None = None
     shown_references: int = 4
+    prompts: tuple[str, ...] | None = (
+        None  # real SD: explicit prompts holding the subject word (instead of backgrounds)
+    )
+    describe: str | None = None  # the words row: these words replace the subject word (default: the judge's caption)
+    class_word: str | None = None  # CLIP-T: the subject word is replaced by this class noun (DreamBooth's protocol)
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -97,11 +101,16 @@ def evaluate(
     judge: str | None = None,
     cache_dir: str | None = "runs/cache",
     image_encoder: str | None = None,
+    clip: str | None = None,
+    dino: str | None = None,
 ) -> dict[str, Any]:
-    """Score every row on the held-out subjects; write report.json, report.md and grid.png into `output_dir`."""
+    """Score every row on the held-out subjects; write report.json, report.md and grid.png into `output_dir`.
+
+    Scores come from the glyph judge, or from local CLIP / DINO checkpoints (`clip`, `dino`: real SD), with
+    `settings.prompts`, `describe` and `class_word` saying what the prompts, the words row and CLIP-T read."""
     from ..diffusion.composition import Placement, apply_placements, load_named_adapter
     from ..diffusion.judge import cached_judge, load_judge
-    from ..diffusion.metrics import JudgeScorer, subject_fidelity
+    from ..diffusion.metrics import ClipDinoScorer, JudgeScorer, subject_fidelity
     from ..diffusion.runner import load_pipeline
     from ..diffusion.sampling import generate, save_grid
     from ..diffusion.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
@@ -129,15 +138,26 @@ def evaluate(
     sources = FeatureChoice(
         recorded.sources, judge or recorded.judge, recorded.cache_dir, image_encoder or recorded.image_encoder
     ).build(base)
-    scorer = JudgeScorer(load_judge(judge)[0] if judge else cached_judge(cache_dir or "runs/cache"))
-    phrases = {**BACKGROUNDS, **HELD_OUT_BACKGROUNDS}
-    unknown = [b for b in settings.backgrounds if b not in phrases]
-    if unknown:
-        raise ValueError(f"unknown background(s) {unknown}; known: {', '.join(phrases)}")
-    word = dataset.settings.get("subject_word")
-    template = settings.prompt_template or dataset.settings.get("prompt_template")
-    template = template or (f"a {word} on {{background}}" if word else DEFAULT_TEMPLATE)
-    prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
+    word = dataset.settings.get("subject_word") or "sks glyph"
+    if clip or dino:
+        scorer: Any = ClipDinoScorer(clip=clip, dino=dino)
+        if not settings.prompts:
+            raise ValueError("scoring with CLIP/DINO needs explicit prompts (--prompts) holding the subject word")
+        prompts = list(settings.prompts)
+        prompted: list | None = None
+        if clip:
+            prompted = [p.replace(word, settings.class_word or settings.describe or "").strip() for p in prompts]
+        if settings.describe is None:
+            raise ValueError("without the glyph judge the words row needs --describe (the subject in words)")
+    else:
+        scorer = JudgeScorer(load_judge(judge)[0] if judge else cached_judge(cache_dir or "runs/cache"))
+        phrases = {**BACKGROUNDS, **HELD_OUT_BACKGROUNDS}
+        unknown = [b for b in settings.backgrounds if b not in phrases]
+        if unknown:
+            raise ValueError(f"unknown background(s) {unknown}; known: {', '.join(phrases)}")
+        template = settings.prompt_template or dataset.settings.get("prompt_template") or f"a {word} on {{background}}"
+        prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
+        prompted = [{"background": b} for b in settings.backgrounds]
 
     def render(adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
         if adapter is not None:
@@ -158,13 +178,10 @@ def evaluate(
         result = []
         for column, _ in enumerate(settings.image_seeds):
             images = [row[column] for row in rows]
-            prompted = [{"background": b} for b in settings.backgrounds]
-            result.append(
-                {
-                    "subject_fidelity": subject_fidelity(scorer.features(images), reference_features),
-                    "prompt_fidelity": float(scorer.prompt_scores(images, prompted).double().mean()),
-                }
-            )
+            values = {"subject_fidelity": subject_fidelity(scorer.features(images), reference_features)}
+            if prompted is not None:
+                values["prompt_fidelity"] = float(scorer.prompt_scores(images, prompted).double().mean())
+            result.append(values)
         return result
 
     def pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
@@ -203,7 +220,10 @@ def evaluate(
         nearest = train_by_name[_nearest_subject(run, condition)]
         times["retrieval"].append(feature_s + time.perf_counter() - began)
         row_variants["retrieval"] = scores(render(nearest.directory, prompts, "retrieval"), reference_features)
-        words = [describe(scorer, references, b, entries[0].extra) for b in settings.backgrounds]
+        if settings.describe is not None:
+            words = [p.replace(word, settings.describe) for p in prompts]
+        else:
+            words = [describe(scorer, references, b, entries[0].extra) for b in settings.backgrounds]
         row_variants["words"] = scores(render(None, words, "words"), reference_features)
         times["words"].append(0.0)
         row_variants["none"] = scores(render(None, prompts, "none"), reference_features)
@@ -228,7 +248,7 @@ def evaluate(
     for row in ROWS:
         variants = min(len(v) for v in results[row])
         entry: dict[str, Any] = {}
-        for metric in ("subject_fidelity", "prompt_fidelity"):
+        for metric in results[row][0][0]:
             per_variant = [statistics.fmean(s[k][metric] for s in results[row]) for k in range(variants)]
             entry[metric] = _mean_std(per_variant)
         entry["time_to_adapter_s"] = statistics.fmean(times[row]) if times[row] else None
@@ -260,15 +280,16 @@ def evaluate(
 def markdown(report: dict[str, Any]) -> str:
     """The report's table as Markdown (mean ± std over variants)."""
     size = report["generator_size"]
+    metrics = [m for m in next(iter(report["table"].values())) if m != "time_to_adapter_s"]
     lines = [
         f"Held-out subjects: {report['subjects']}, method {report['method']}, features {', '.join(report['features'])};"
         f" generator {size['parameters']:,} parameters ({size['weights_bytes'] / 2**20:.2f} MiB weights).",
         "",
-        "| row | subject fidelity | prompt fidelity | time to adapter (s) |",
-        "|---|---|---|---|",
+        "| row | " + " | ".join(m.replace("_", " ") for m in metrics) + " | time to adapter (s) |",
+        "|---" * (len(metrics) + 2) + "|",
     ]
     for row, entry in report["table"].items():
-        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in ("subject_fidelity", "prompt_fidelity")]
+        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics]
         seconds = "–" if entry["time_to_adapter_s"] is None else f"{entry['time_to_adapter_s']:.2f}"
-        lines.append(f"| {row} | {cells[0]} | {cells[1]} | {seconds} |")
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {seconds} |")
     return "\n".join(lines) + "\n"
