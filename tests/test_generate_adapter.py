@@ -157,6 +157,11 @@ def test_bad_inputs_are_named(world, tmp_path):
     save_adapter(unet, mixed / "adapters" / "sB-seed1", adapter_name="other")
     with pytest.raises(ValueError, match=r"mixes methods.*sB-seed1.*'loldu'"):
         runner.main(runner.parse_args(train_args(mixed, tmp_path / "g2", world["judge"])))
+    foreign = tiny_pipeline(seed=1).unet  # an SVFit adapter of the data set's config, on another base
+    foreign.add_adapter(SVFitConfig(r=2, module_kinds=["attn2"]), adapter_name="other")
+    save_adapter(foreign, mixed / "adapters" / "sB-seed1", adapter_name="other")
+    with pytest.raises(ValueError, match=r"adapter .*sB-seed1 was trained for another base model"):
+        runner.main(runner.parse_args(train_args(mixed, tmp_path / "g3", world["judge"])))
 
 
 def test_resume_reproduces_the_uninterrupted_run(world, tmp_path):

@@ -93,19 +93,31 @@ def load_base(model: str | None, cache_dir: str | Path = "runs/cache") -> Base:
     return Base(unet.eval(), vae.eval(), resolution, None if name in (None, "", "tiny") else str(name))
 
 
-def check_base(unet: nn.Module, layout: Sequence[LayerLayout], template: Mapping[str, Tensor], what: str) -> None:
-    """Every adapted layer exists in `unet` and its weight has the fingerprint the adapters were trained on."""
+def base_fingerprints(unet: nn.Module, layout: Sequence[LayerLayout], what: str) -> dict[str, Tensor]:
+    """The fingerprint of every adapted layer's base weight (computed once; a missing layer is an error)."""
     modules = dict(unet.named_modules())
+    fingerprints = {}
     for layer in layout:
         module = modules.get(layer.name)
         weight = getattr(getattr(module, "base_layer", module), "weight", None)
         if weight is None:
             raise ValueError(f"{what}: the base model has no layer {layer.name}; it was made for another model")
+        fingerprints[layer.name] = Fn.weight_fingerprint(weight)
+    return fingerprints
+
+
+def check_base(
+    unet: nn.Module | Mapping[str, Tensor], layout: Sequence[LayerLayout], template: Mapping[str, Tensor], what: str
+) -> None:
+    """Every adapted layer exists in the base (`unet`, or its `base_fingerprints`) and its weight has the
+    fingerprint the adapters in `template` were trained on."""
+    fingerprints = base_fingerprints(unet, layout, what) if isinstance(unet, nn.Module) else unet
+    for layer in layout:
         saved = template.get(layer.key("fingerprint"))
         if saved is None:
             raise ValueError(f"{what}: {layer.key('fingerprint')} is missing, so the base cannot be checked")
         stored = saved.view(torch.float64) if saved.dtype == torch.int64 else saved.double()
-        if not Fn.fingerprints_match(stored, Fn.weight_fingerprint(weight)):
+        if not Fn.fingerprints_match(stored, fingerprints[layer.name]):
             raise ValueError(
                 f"{what} was trained for another base model: the weight of {layer.name} differs from the one its "
                 "adapters were trained on (fingerprint mismatch); pass the --model it was trained for"
@@ -211,8 +223,9 @@ def prepare_data(dataset_dir: str | Path, base: Base, latent: int, progress: boo
         layout = discover_layout(base.unet, TEMPLATE_ADAPTER)
     finally:
         base.unet.delete_adapters(TEMPLATE_ADAPTER)
+    fingerprints = base_fingerprints(base.unet, layout, f"data set {dataset.root}")
     for entry, state in zip([*train, *heldout], states, strict=True):
-        check_base(base.unet, layout, state, f"adapter {entry.directory}")
+        check_base(fingerprints, layout, state, f"adapter {entry.directory}")
     vectors = [
         adapter_vectors(layout, state, str(entry.directory))
         for entry, state in tqdm(
