@@ -37,6 +37,7 @@ from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
 from . import adapter_dataset
+from . import generate_adapter as generation
 from .composition import load_named_adapter
 from .concepts import Prompt
 from .images import load_image_folder
@@ -146,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _quality_parser(commands)
     _score_parser(commands)
     adapter_dataset.add_parser(commands)
+    generation.add_parsers(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
@@ -576,6 +578,7 @@ COMMANDS = {
     "pretrain": pretrain,
     "quality": quality,
     "adapter-dataset": adapter_dataset.run,
+    **generation.COMMANDS,
 }
 
 

@@ -1,0 +1,136 @@
+"""Reading an adapter data set (`dataset.json` + `adapters/<name>/` + `references/<subject_id>/`) for the generator.
+
+    DIR/dataset.json   {"method", "model", "settings", "adapters": [{"name", "subject", "subject_id", "split",
+                        "seed", "references", "train_time_s"}, ...]}
+    DIR/adapters/<name>/            a normal adapter directory
+    DIR/references/<subject_id>/    the subject's reference images
+
+Every adapter is verified (config, checksum, finiteness); all must be of one method and one config (run-specific keys
+such as the seed aside), or the data set is refused with the two adapters that differ named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from ..checkpoint import read_json_object, verify_adapter_dir
+from ..registry import method_of_peft_type
+
+SPLITS = ("train", "heldout")
+WRAPPER_PREFIX = "base_model.model."  # what a PeftModel's save adds; diffusers' add_adapter saves without it
+_RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
+
+
+@dataclass
+class Entry:
+    """One adapter of the data set."""
+
+    name: str
+    subject: str
+    subject_id: str
+    split: str
+    seed: int
+    references: Path
+    directory: Path
+    train_time_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AdapterDataset:
+    root: Path
+    method: str
+    model: str | None
+    settings: dict[str, Any]
+    entries: list[Entry]
+
+    def split(self, name: str) -> list[Entry]:
+        return [e for e in self.entries if e.split == name]
+
+
+def read_dataset(root: str | Path) -> AdapterDataset:
+    """The index of a data set folder, checked: fields present, folders exist, one method for every adapter."""
+    root = Path(root)
+    index = root / "dataset.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{root} is not an adapter data set: {index} does not exist")
+    raw = read_json_object(index, "adapter data set index")
+    adapters = raw.get("adapters")
+    if not isinstance(adapters, list) or not adapters:
+        raise ValueError(f"{index} lists no adapters (an 'adapters' list of objects is needed)")
+    entries = []
+    for number, item in enumerate(adapters):
+        if not isinstance(item, dict):
+            raise ValueError(f"{index}: adapters[{number}] is not an object")
+        missing = [k for k in ("name", "subject_id", "split", "references") if k not in item]
+        if missing:
+            raise ValueError(f"{index}: adapters[{number}] lacks {missing}")
+        if item["split"] not in SPLITS:
+            raise ValueError(f"{index}: adapter {item['name']!r} has split {item['split']!r}; use one of {SPLITS}")
+        known = {"name", "subject", "subject_id", "split", "seed", "references", "train_time_s"}
+        entries.append(
+            Entry(
+                name=str(item["name"]),
+                subject=str(item.get("subject", item["subject_id"])),
+                subject_id=str(item["subject_id"]),
+                split=item["split"],
+                seed=int(item.get("seed", 0)),
+                references=root / item["references"],
+                directory=root / "adapters" / str(item["name"]),
+                train_time_s=item.get("train_time_s"),
+                extra={k: v for k, v in item.items() if k not in known},
+            )
+        )
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{index} lists adapter names more than once: {repeated[:3]}")
+    method = raw.get("method")
+    model = raw.get("model")
+    return AdapterDataset(root, str(method) if method else "", model, dict(raw.get("settings") or {}), entries)
+
+
+def load_entries(dataset: AdapterDataset, entries: Sequence[Entry]) -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
+    """(the shared config, each adapter's verified tensors); mixed methods or configs are an error naming both."""
+    first_config: dict[str, Any] | None = None
+    first: Entry | None = None
+    states = []
+    for entry in entries:
+        if not entry.directory.is_dir():
+            raise FileNotFoundError(f"adapter {entry.name!r} of {dataset.root}: {entry.directory} does not exist")
+        config, tensors = verify_adapter_dir(entry.directory)
+        method = method_of_peft_type(config.get("peft_type"))
+        name = method.name if method is not None else str(config.get("peft_type"))
+        if dataset.method and name != dataset.method:
+            raise ValueError(
+                f"{dataset.root} mixes methods: dataset.json says {dataset.method!r} but {entry.directory} holds a "
+                f"{name!r} adapter; a generator learns one method's adapters"
+            )
+        shared = {k: v for k, v in config.items() if k not in _RUN_SPECIFIC}
+        if first_config is None:
+            first_config, first = shared, entry
+            dataset.method = dataset.method or name
+        elif shared != first_config:
+            assert first is not None
+            differing = sorted(k for k in set(shared) | set(first_config) if shared.get(k) != first_config.get(k))
+            what = "methods" if "peft_type" in differing else f"adapter configs ({', '.join(differing[:4])})"
+            raise ValueError(
+                f"{dataset.root} mixes {what}: {first.directory} and {entry.directory} differ; a generator learns "
+                "adapters of one method and config"
+            )
+        states.append({key.removeprefix(WRAPPER_PREFIX): value for key, value in tensors.items()})
+    assert first is not None
+    config, _ = verify_adapter_dir(first.directory)
+    return config, states
+
+
+def reference_images(entry: Entry) -> list:
+    """The subject's reference images (an empty or unreadable folder is an error naming it or the file)."""
+    from .features import read_references
+
+    return read_references(entry.references)

@@ -1,0 +1,295 @@
+"""Held-out evaluation of a weight generator: does a generated adapter render the subject of its references?
+
+For every held-out subject of a data set, five ways to render it, sampled on the same prompts and image seeds:
+
+- `generated`: the generator's adapter from the subject's references (one per generator seed);
+- `trained`: the subject's adapter trained on its references (the data set's "heldout" adapters: the upper bound);
+- `retrieval`: the training adapter whose subject's reference features are nearest (cosine over the generator's
+  normalised features): the baseline a hypernetwork must beat;
+- `words`: no adapter, the subject described in words: the judge's nearest training-world caption of the
+  references (nearest training letter, typeface, variant, colour);
+- `none`: no adapter, the adapters' prompt.
+
+Scores (`diffusion/metrics.py` with the glyph judge): subject fidelity (pairwise cosine of sample vs reference
+features) and prompt fidelity (judged probability of the prompted background). Each row is averaged over subjects per
+*variant* — generator seed (generated), data-set seed (trained), image seed (the deterministic rows) — and reported
+as mean ± std over variants, with the wall time to produce one adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import features as feats
+from .entries import Entry, read_dataset
+from .pipeline import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
+
+ROWS = ("generated", "trained", "retrieval", "words", "none")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    seeds: tuple[int, ...] = (0, 1, 2)
+    image_seeds: tuple[int, ...] = (0, 1)
+    guidance: float = 2.0
+    image_guidance: float = 4.0
+    sample_steps: int = 25
+    prompt_template: str | None = None
+    backgrounds: tuple[str, ...] = ("plain", "brick")
+    limit: int | None = None
+    shown_references: int = 4
+    prompts: tuple[str, ...] | None = (
+        None  # real SD: explicit prompts holding the subject word (instead of backgrounds)
+    )
+    describe: str | None = None  # the words row: these words replace the subject word (default: the judge's caption)
+    class_word: str | None = None  # CLIP-T: the subject word is replaced by this class noun (DreamBooth's protocol)
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": float(statistics.fmean(values)),
+        "std": float(statistics.stdev(values)) if len(values) > 1 else 0.0,
+        "n": len(values),
+    }
+
+
+def describe(scorer, references: Sequence[Any], background: str, known: dict[str, Any] | None = None) -> str:
+    """The nearest training-world caption of the references: the attributes the data set records for the subject
+    (`known`: family, variant, colour — its typeface and colour words), the rest by the judge's mean probabilities
+    over training-world values (the glyph itself: the nearest training letter)."""
+    from ..diffusion.world import Scene, attribute_values
+
+    probabilities = scorer.probabilities(references)
+    chosen = {}
+    for attribute in ("subject", "family", "variant", "colour"):
+        value = (known or {}).get(attribute)
+        if attribute != "subject" and value in attribute_values(attribute):
+            chosen[attribute] = value
+            continue
+        classes = scorer.judge.classes[attribute]
+        allowed = [classes.index(v) for v in attribute_values(attribute)]
+        mean = probabilities[attribute].mean(0)[allowed]
+        chosen[attribute] = attribute_values(attribute)[int(mean.argmax())]
+    return Scene(background=background, **chosen).caption()
+
+
+def _nearest_subject(run, condition: dict[str, torch.Tensor]) -> str:
+    train = run.normaliser(run.train_conditions())
+    query = run.normaliser({k: v[None] for k, v in condition.items()})
+    names = list(train)
+    bank = torch.cat([F.normalize(train[n].double(), dim=1) for n in names], dim=1)
+    vector = torch.cat([F.normalize(query[n].double(), dim=1) for n in names], dim=1)
+    return run.meta["train_adapters"][int((bank @ vector.T).squeeze(1).argmax())]
+
+
+def evaluate(
+    dataset_dir: str | Path,
+    generator_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    settings: EvalSettings | None = None,
+    model: str | None = None,
+    judge: str | None = None,
+    cache_dir: str | None = "runs/cache",
+    image_encoder: str | None = None,
+    clip: str | None = None,
+    dino: str | None = None,
+) -> dict[str, Any]:
+    """Score every row on the held-out subjects; write report.json, report.md and grid.png into `output_dir`.
+
+    Scores come from the glyph judge, or from local CLIP / DINO checkpoints (`clip`, `dino`: real SD), with
+    `settings.prompts`, `describe` and `class_word` saying what the prompts, the words row and CLIP-T read."""
+    from ..diffusion.composition import Placement, apply_placements, load_named_adapter
+    from ..diffusion.judge import cached_judge, load_judge
+    from ..diffusion.metrics import ClipDinoScorer, JudgeScorer, subject_fidelity
+    from ..diffusion.runner import load_pipeline
+    from ..diffusion.sampling import generate, save_grid
+    from ..diffusion.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
+    from .pipeline import FeatureChoice
+
+    settings = settings or EvalSettings()
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    run = load_generator(generator_dir)
+    dataset = read_dataset(dataset_dir)
+    if dataset.method and dataset.method != run.method:
+        raise ValueError(f"{dataset.root} holds {dataset.method} adapters but {run.root} generates {run.method}")
+    subjects: dict[str, list[Entry]] = {}
+    for entry in dataset.split("heldout"):
+        subjects.setdefault(entry.subject_id, []).append(entry)
+    if not subjects:
+        raise ValueError(f"{dataset.root} has no held-out adapters (split 'heldout') to evaluate on")
+    chosen = sorted(subjects)[: settings.limit]
+    train_by_name = {e.name: e for e in dataset.split("train")}
+    model = model if model is not None else run.meta.get("model")
+    pipe = load_pipeline(model_folder(model, cache_dir or "runs/cache"))
+    check_base(pipe.unet, run.layout, run.template, f"generator {run.root}")
+    base = Base(pipe.unet, pipe.vae, pipe.unet.config.sample_size * pipe.vae_scale_factor, model)
+    recorded = run.choice
+    sources = FeatureChoice(
+        recorded.sources, judge or recorded.judge, recorded.cache_dir, image_encoder or recorded.image_encoder
+    ).build(base)
+    word = dataset.settings.get("subject_word") or "sks glyph"
+    if clip or dino:
+        scorer: Any = ClipDinoScorer(clip=clip, dino=dino)
+        if not settings.prompts:
+            raise ValueError("scoring with CLIP/DINO needs explicit prompts (--prompts) holding the subject word")
+        prompts = list(settings.prompts)
+        prompted: list | None = None
+        if clip:
+            prompted = [p.replace(word, settings.class_word or settings.describe or "").strip() for p in prompts]
+        if settings.describe is None:
+            raise ValueError("without the glyph judge the words row needs --describe (the subject in words)")
+    else:
+        scorer = JudgeScorer(load_judge(judge)[0] if judge else cached_judge(cache_dir or "runs/cache"))
+        phrases = {**BACKGROUNDS, **HELD_OUT_BACKGROUNDS}
+        unknown = [b for b in settings.backgrounds if b not in phrases]
+        if unknown:
+            raise ValueError(f"unknown background(s) {unknown}; known: {', '.join(phrases)}")
+        template = settings.prompt_template or dataset.settings.get("prompt_template") or f"a {word} on {{background}}"
+        prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
+        prompted = [{"background": b} for b in settings.backgrounds]
+
+    def render(adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
+        if adapter is not None:
+            load_named_adapter(pipe.unet, adapter, tag)
+            apply_placements(pipe.unet, [Placement(tag)])
+        else:
+            apply_placements(pipe.unet, [])
+        try:
+            return generate(
+                pipe, texts, settings.image_seeds, steps=settings.sample_steps, guidance=settings.image_guidance
+            )
+        finally:
+            if adapter is not None:
+                pipe.unet.delete_adapters(tag)
+
+    def scores(rows: list[list], reference_features: torch.Tensor) -> list[dict[str, float]]:
+        """Per image seed: subject and prompt fidelity over that seed's images (every prompt)."""
+        result = []
+        for column, _ in enumerate(settings.image_seeds):
+            images = [row[column] for row in rows]
+            values = {"subject_fidelity": subject_fidelity(scorer.features(images), reference_features)}
+            if prompted is not None:
+                values["prompt_fidelity"] = float(scorer.prompt_scores(images, prompted).double().mean())
+            result.append(values)
+        return result
+
+    def pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
+        return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
+
+    results: dict[str, list[list[dict[str, float]]]] = {row: [] for row in ROWS}  # row → subject → variants
+    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    grid_rows, grid_labels, details = [], [], []
+    adapters_dir = out / "generated"
+    for subject_id in chosen:
+        entries = subjects[subject_id]
+        references = feats.read_references(entries[0].references)
+        reference_features = scorer.features(references)
+        began = time.perf_counter()
+        condition = feats.condition(sources, references)
+        feature_s = time.perf_counter() - began
+        row_variants: dict[str, list[dict[str, float]]] = {}
+        generated_rows = None
+        for seed in settings.seeds:
+            began = time.perf_counter()
+            state = generate_tensors(run, {k: v[None] for k, v in condition.items()}, guidance=settings.guidance,
+                                     seed=seed)[0]  # fmt: skip
+            directory = write_generated(run, state, adapters_dir / f"{subject_id}-seed{seed}", {"seed": seed})
+            times["generated"].append(feature_s + time.perf_counter() - began)
+            rows = render(directory, prompts, "generated")
+            generated_rows = generated_rows or rows
+            row_variants.setdefault("generated", []).append(pooled(scores(rows, reference_features)))
+        trained_rows = None
+        for entry in entries:
+            rows = render(entry.directory, prompts, "trained")
+            trained_rows = trained_rows or rows
+            row_variants.setdefault("trained", []).append(pooled(scores(rows, reference_features)))
+            if entry.train_time_s is not None:
+                times["trained"].append(float(entry.train_time_s))
+        began = time.perf_counter()
+        nearest = train_by_name[_nearest_subject(run, condition)]
+        times["retrieval"].append(feature_s + time.perf_counter() - began)
+        row_variants["retrieval"] = scores(render(nearest.directory, prompts, "retrieval"), reference_features)
+        if settings.describe is not None:
+            words = [p.replace(word, settings.describe) for p in prompts]
+        else:
+            words = [describe(scorer, references, b, entries[0].extra) for b in settings.backgrounds]
+        row_variants["words"] = scores(render(None, words, "words"), reference_features)
+        times["words"].append(0.0)
+        row_variants["none"] = scores(render(None, prompts, "none"), reference_features)
+        times["none"].append(0.0)
+        for row in ROWS:
+            results[row].append(row_variants[row])
+        details.append(
+            {
+                "subject_id": subject_id,
+                "subject": entries[0].subject,
+                "retrieved": nearest.name,
+                "retrieved_subject": nearest.subject,
+                "words": words,
+                "scores": row_variants,
+            }
+        )
+        shown = [image.resize(generated_rows[0][0].size) for image in references[: settings.shown_references]]
+        grid_rows.append(shown + generated_rows[0] + trained_rows[0])
+        grid_labels.append(subject_id)
+
+    table = {}
+    for row in ROWS:
+        variants = min(len(v) for v in results[row])
+        entry: dict[str, Any] = {}
+        for metric in results[row][0][0]:
+            per_variant = [statistics.fmean(s[k][metric] for s in results[row]) for k in range(variants)]
+            entry[metric] = _mean_std(per_variant)
+        entry["time_to_adapter_s"] = statistics.fmean(times[row]) if times[row] else None
+        table[row] = entry
+    size = run.meta["sizes"]
+    scale = 2 if grid_rows[0][0].size[0] < 64 else 1
+    grid_rows = [[image.resize((image.width * scale, image.height * scale)) for image in r] for r in grid_rows]
+    grid = save_grid(grid_rows, out / "grid.png", grid_labels)
+    report = {
+        "dataset": str(dataset.root),
+        "generator": str(run.root),
+        "method": run.method,
+        "features": list(recorded.sources),
+        "prompts": prompts,
+        "settings": asdict(settings),
+        "subjects": len(chosen),
+        "generator_size": size,
+        "table": table,
+        "details": details,
+        "grid": str(grid),
+        "grid_columns": f"{settings.shown_references} references | generated (seed {settings.seeds[0]}, prompt 1, "
+        f"image seeds {list(settings.image_seeds)}) | trained (first seed, prompt 1)",
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's table as Markdown (mean ± std over variants)."""
+    size = report["generator_size"]
+    metrics = [m for m in next(iter(report["table"].values())) if m != "time_to_adapter_s"]
+    lines = [
+        f"Held-out subjects: {report['subjects']}, method {report['method']}, features {', '.join(report['features'])};"
+        f" generator {size['parameters']:,} parameters ({size['weights_bytes'] / 2**20:.2f} MiB weights).",
+        "",
+        "| row | " + " | ".join(m.replace("_", " ") for m in metrics) + " | time to adapter (s) |",
+        "|---" * (len(metrics) + 2) + "|",
+    ]
+    for row, entry in report["table"].items():
+        cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics]
+        seconds = "–" if entry["time_to_adapter_s"] is None else f"{entry['time_to_adapter_s']:.2f}"
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {seconds} |")
+    return "\n".join(lines) + "\n"
