@@ -119,7 +119,7 @@ def test_generated_adapter_is_a_normal_adapter_directory(world, tmp_path):
     assert len(loaded) == len(gains)
     pipe = tiny_pipeline()
     assert len(load_named_adapter(pipe.unet, tmp_path / "gen", "generated")) == 40
-    written = runner.main(runner.parse_args(["export", "--adapter", str(tmp_path / "gen"), "--format", "peft"]))
+    written = runner.main(runner.parse_args(["export", "--model", "tiny", "--adapter", str(tmp_path / "gen"), "--format", "peft"]))
     assert (written[0] / "adapter_model.safetensors").is_file()
     _generate(world, tmp_path / "again", "--seed", "3")  # same seed, same adapter
     again = load_tensors(tmp_path / "again" / "adapter_model.safetensors")
