@@ -154,14 +154,18 @@ def _check_existing(root: Path, method: str, settings: dict[str, Any]) -> D.Adap
     return existing
 
 
-def run(args: argparse.Namespace) -> D.AdapterDataset:
-    """Build (or complete) the dataset in `args.output_dir`; returns its manifest."""
+def run(args: argparse.Namespace, concepts: tuple[Sequence, Sequence] | None = None) -> D.AdapterDataset:
+    """Build (or complete) the dataset in `args.output_dir`; returns its manifest.
+
+    `concepts` = (training, held-out) replaces the glyph subjects with other concepts of the same interface as
+    `generation.dataset.Subject` (`subject_id`, `glyph`, `family`, `variant`, `colour`, `images(count, size,
+    stream)`), e.g. the style concepts of `style_descriptors`."""
     if args.population < 1 or args.steps < 1 or args.batch_size < 1 or args.images < args.batch_size:
         raise ValueError(
             f"need --population, --steps, --batch-size >= 1 and --images >= --batch-size, got {args.population}, "
             f"{args.steps}, {args.batch_size}, {args.images}"
         )
-    train, heldout = D.subjects(args.subjects, args.heldout)  # a bad count fails before anything loads
+    train, heldout = concepts or D.subjects(args.subjects, args.heldout)  # a bad count fails before loading
     root = Path(args.output_dir)
     with RunDir(root).writer():
         return _run(args, root, train, heldout)

@@ -36,7 +36,7 @@ from ..registry import method_names
 from ..training import cli
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
-from . import adapter_dataset
+from . import adapter_dataset, style_descriptors
 from . import generate_adapter as generation
 from .composition import load_named_adapter
 from .concepts import Prompt
@@ -147,6 +147,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _quality_parser(commands)
     _score_parser(commands)
     adapter_dataset.add_parser(commands)
+    style_descriptors.add_parser(commands)
     generation.add_parsers(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -578,6 +579,7 @@ COMMANDS = {
     "pretrain": pretrain,
     "quality": quality,
     "adapter-dataset": adapter_dataset.run,
+    "descriptors": style_descriptors.run,
     **generation.COMMANDS,
 }
 
