@@ -222,6 +222,9 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
     with Image.open(tmp_path / "grid.png") as grid:
         assert grid.height == 64 and grid.width >= 5 * 64  # 3 references | 1 generated | 1 trained
     assert "| generated |" in (tmp_path / "report.md").read_text()
+    distance = report["weight_distance"]
+    assert distance["generated"]["n"] == 2 and distance["retrieval"]["n"] == 1
+    assert all(0.0 < d["mean"] < 100.0 for d in distance.values())
 
 
 @pytest.fixture(scope="module")

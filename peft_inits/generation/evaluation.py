@@ -10,6 +10,10 @@ For every held-out subject of a data set, five ways to render it, sampled on the
   references (nearest training letter, typeface, variant, colour);
 - `none`: no adapter, the adapters' prompt.
 
+Also, without any sampling: each adapter's distance to the subject's trained adapter in the generator's token space
+(RMS in training-set std units) for `generated`, `retrieval` and the training mean (token 0) — does the generator
+predict the weights better than looking them up?
+
 Scores (`diffusion/metrics.py` with the glyph judge): subject fidelity (pairwise cosine of sample vs reference
 features) and prompt fidelity (judged probability of the prompted background). Each row is averaged over subjects per
 *variant* — generator seed (generated), data-set seed (trained), image seed (the deterministic rows) — and reported
@@ -89,6 +93,22 @@ def _nearest_subject(run, condition: dict[str, torch.Tensor]) -> str:
     bank = torch.cat([F.normalize(train[n].double(), dim=1) for n in names], dim=1)
     vector = torch.cat([F.normalize(query[n].double(), dim=1) for n in names], dim=1)
     return run.meta["train_adapters"][int((bank @ vector.T).squeeze(1).argmax())]
+
+
+def adapter_tokens(run, directory: Path) -> torch.Tensor:
+    """An adapter directory in the generator's token space (normalised units; the training mean is 0)."""
+    from ..checkpoint import verify_adapter_dir
+    from .entries import WRAPPER_PREFIX
+    from .representation import adapter_vectors
+
+    _, tensors = verify_adapter_dir(directory)
+    state = {key.removeprefix(WRAPPER_PREFIX): value for key, value in tensors.items()}
+    return run.codec.encode([adapter_vectors(run.layout, state, str(directory))])[0]
+
+
+def token_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> float:
+    """RMS difference over the real coordinates, in normalised units (1 ≈ one training-set std per coordinate)."""
+    return float((((a - b) ** 2) * mask).sum() / mask.sum()) ** 0.5
 
 
 def evaluate(
@@ -188,6 +208,8 @@ def evaluate(
         return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
 
     results: dict[str, list[list[dict[str, float]]]] = {row: [] for row in ROWS}  # row → subject → variants
+    distances: dict[str, list[list[float]]] = {"generated": [], "retrieval": [], "training mean": []}
+    mask = run.codec.mask()
     times: dict[str, list[float]] = {row: [] for row in ROWS}
     grid_rows, grid_labels, details = [], [], []
     adapters_dir = out / "generated"
@@ -199,6 +221,8 @@ def evaluate(
         condition = feats.condition(sources, references)
         feature_s = time.perf_counter() - began
         row_variants: dict[str, list[dict[str, float]]] = {}
+        target = torch.stack([adapter_tokens(run, e.directory) for e in entries]).mean(0)
+        generated_distance = []
         generated_rows = None
         for seed in settings.seeds:
             began = time.perf_counter()
@@ -206,6 +230,7 @@ def evaluate(
                                      seed=seed)[0]  # fmt: skip
             directory = write_generated(run, state, adapters_dir / f"{subject_id}-seed{seed}", {"seed": seed})
             times["generated"].append(feature_s + time.perf_counter() - began)
+            generated_distance.append(token_distance(adapter_tokens(run, directory), target, mask))
             rows = render(directory, prompts, "generated")
             generated_rows = generated_rows or rows
             row_variants.setdefault("generated", []).append(pooled(scores(rows, reference_features)))
@@ -220,6 +245,9 @@ def evaluate(
         nearest = train_by_name[_nearest_subject(run, condition)]
         times["retrieval"].append(feature_s + time.perf_counter() - began)
         row_variants["retrieval"] = scores(render(nearest.directory, prompts, "retrieval"), reference_features)
+        distances["generated"].append(generated_distance)
+        distances["retrieval"].append([token_distance(adapter_tokens(run, nearest.directory), target, mask)])
+        distances["training mean"].append([token_distance(torch.zeros_like(target), target, mask)])
         if settings.describe is not None:
             words = [p.replace(word, settings.describe) for p in prompts]
         else:
@@ -253,6 +281,13 @@ def evaluate(
             entry[metric] = _mean_std(per_variant)
         entry["time_to_adapter_s"] = statistics.fmean(times[row]) if times[row] else None
         table[row] = entry
+    weight_distance = {}
+    for row, per_subject in distances.items():
+        variants = min(len(v) for v in per_subject)
+        if variants > 1:  # generator seeds: mean over subjects per seed, then mean ± std over seeds
+            weight_distance[row] = _mean_std([statistics.fmean(v[k] for v in per_subject) for k in range(variants)])
+        else:  # one adapter per subject: mean ± std over subjects
+            weight_distance[row] = _mean_std([v[0] for v in per_subject])
     size = run.meta["sizes"]
     scale = 2 if grid_rows[0][0].size[0] < 64 else 1
     grid_rows = [[image.resize((image.width * scale, image.height * scale)) for image in r] for r in grid_rows]
@@ -267,6 +302,7 @@ def evaluate(
         "subjects": len(chosen),
         "generator_size": size,
         "table": table,
+        "weight_distance": weight_distance,
         "details": details,
         "grid": str(grid),
         "grid_columns": f"{settings.shown_references} references | generated (seed {settings.seeds[0]}, prompt 1, "
@@ -292,4 +328,10 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [f"{entry[m]['mean']:.3f} ± {entry[m]['std']:.3f}" for m in metrics]
         seconds = "–" if entry["time_to_adapter_s"] is None else f"{entry['time_to_adapter_s']:.2f}"
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {seconds} |")
+    lines += [
+        "",
+        "Distance to the subject's trained adapter in the generator's token space (RMS, training-set std units):",
+        "",
+        *(f"- {row}: {v['mean']:.3f} ± {v['std']:.3f}" for row, v in report["weight_distance"].items()),
+    ]
     return "\n".join(lines) + "\n"
