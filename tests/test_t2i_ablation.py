@@ -185,7 +185,7 @@ def test_ablation_runs_on_the_shipped_model(tmp_path, judge_dir):
     ceiling = report["references"]["renders of the prompts (ceiling)"]
     assert all(math.isfinite(ceiling[m]) for m in METRICS)
     config = json.loads((tmp_path / "abl" / "runs" / "lora-s0-identity" / "config.json").read_text())
-    assert config["model"] == "glyph-t2i (shipped)" and config["resolution"] == 32
+    assert config["model"] == "glyph-t2i" and config["resolution"] == 32
 
 
 def test_verdict_reads_the_paper_pattern():

@@ -37,8 +37,8 @@ from ..training.rundir import RunDir
 from ..training.sampler import StepSampler
 from ..training.settings import AdapterSettings, TrainSettings, default_lr
 from .objective import Frozen
+from .shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path
 
-SHIPPED = "glyph-t2i"  # --model default: the shipped glyph-world model, unpacked into --cache-dir
 EVAL_SEED = 1234  # the fixed noise/timestep draw of the before/after loss (as `objective.diffusion_task`)
 # Settings that do not change any adapter (population size only batches them; output and progress are places)
 _FREE = ("population", "progress")
@@ -71,7 +71,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--method", choices=method_names(), required=True)
     parser.add_argument("--output-dir", required=True, help="dataset folder (dataset.json, adapters/, references/)")
     parser.add_argument("--model", default=None, help=f"diffusers folder, 'tiny', or default: the shipped {SHIPPED}")
-    parser.add_argument("--cache-dir", default="runs/cache", help=f"where the shipped {SHIPPED} is unpacked")
+    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"where the shipped {SHIPPED} is unpacked")
     parser.add_argument("--subjects", type=int, default=60, help="training subjects (default: %(default)s)")
     parser.add_argument("--heldout", type=int, default=12, help="held-out subjects (default: %(default)s)")
     parser.add_argument("--seeds", type=lambda t: [int(s) for s in cli.csv_list(t)], default=[0, 1])
@@ -100,13 +100,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def _pipeline(model: str | None, cache_dir: str):
     from .runner import load_pipeline
 
-    if model == "tiny":
-        return load_pipeline(None), "tiny"
-    if model is None:
-        from .assets import GLYPH_T2I, unpack
-
-        return load_pipeline(str(unpack(GLYPH_T2I, Path(cache_dir) / SHIPPED))), SHIPPED
-    return load_pipeline(model), str(Path(model).expanduser().resolve())
+    return load_pipeline(model_path(model, cache_dir)), model_name(model)
 
 
 def _settings(args: argparse.Namespace, resolution: int, model_name: str) -> dict[str, Any]:

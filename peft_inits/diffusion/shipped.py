@@ -15,16 +15,22 @@ from ..atomic import replace_directory
 from .assets import GLYPH_T2I, PACKED_MARK, unpack
 
 TINY = "tiny"
-SHIPPED = "glyph-t2i (shipped)"  # what config.json records for the default model
+SHIPPED = "glyph-t2i"  # the default model's name, as runs and adapter datasets record it
 DEFAULT_CACHE = "runs/cache"
 PARTS = ("model_index.json", "unet", "vae", "scheduler", "tokenizer", "text_encoder")
 
 
 def model_kind(model: str | None) -> str:
-    """'glyph' (the shipped default), 'tiny' (random tiny pipeline) or 'sd' (a diffusers folder)."""
-    if model is None:
+    """'glyph' (the shipped default, None or its name), 'tiny' (random tiny pipeline) or 'sd' (a diffusers folder)."""
+    if model is None or model == SHIPPED:
         return "glyph"
     return TINY if model == TINY else "sd"
+
+
+def model_name(model: str | None) -> str:
+    """What a run records for `--model`: the shipped model's name, 'tiny', or the folder's absolute path."""
+    kind = model_kind(model)
+    return {"glyph": SHIPPED, TINY: TINY}.get(kind) or str(Path(model).expanduser().resolve())
 
 
 def shipped_model(cache_dir: str | Path | None = None, packed: Path = GLYPH_T2I) -> Path:

@@ -58,18 +58,16 @@ class Base:
 
 def model_folder(model: str | None, cache_dir: str | Path = "runs/cache") -> str | None:
     """A data set's or user's model name as a folder: None for the tiny pipeline (None, '' or 'tiny'), the shipped
-    glyph-world model's name ('glyph-t2i') unpacked into `cache_dir`, or an existing diffusers folder."""
-    from ..diffusion.assets import GLYPH_T2I, unpack
+    glyph-world model's name unpacked into `cache_dir` (`diffusion.shipped`), or an existing diffusers folder."""
+    from ..diffusion.shipped import SHIPPED, TINY, model_kind, model_path
 
-    if model in (None, "", "tiny"):
+    if model in (None, "", TINY):
         return None
-    if Path(model).expanduser().is_dir():
-        return str(Path(model).expanduser())
-    if model == GLYPH_T2I.name:
-        return str(unpack(GLYPH_T2I, Path(cache_dir) / GLYPH_T2I.name))
-    raise FileNotFoundError(
-        f"model {model!r} is neither a diffusers folder, 'tiny', nor the shipped {GLYPH_T2I.name!r}; pass --model DIR"
-    )
+    if model_kind(model) == "sd" and not Path(model).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"model {model!r} is neither a diffusers folder, {TINY!r}, nor the shipped {SHIPPED!r}; pass --model DIR"
+        )
+    return model_path(model, cache_dir)
 
 
 def load_base(model: str | None, cache_dir: str | Path = "runs/cache") -> Base:
