@@ -430,6 +430,14 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
             lines.append(f"| {row} | {method} | " + " | ".join(numbers) + f" | {gap['mean']:.1f} |")
     for name, row_scores in report["references"].items():
         lines.append(f"| {name} | – | " + " | ".join(f"{row_scores[m]:.3f}" for m in METRICS) + " | – |")
+    combined = [row for row in ABLATION_ROWS if row.startswith("ID + style")]
+    lines += ["", "Share of the single adapter's effect that each ID + style row keeps (subject fidelity: (row − style "
+              "only) / (ID only − style only); style fidelity: (row − ID only) / (style only − ID only); seed means):",
+              "", "| method | " + " | ".join(f"{r.split(', ')[1]}: subject, style" for r in combined) + " |",
+              "|---|" + "---|" * len(combined)]  # fmt: skip
+    for method in methods:
+        shares = [effect_shares(summary, method, row) for row in combined]
+        lines.append(f"| {method} | " + " | ".join(f"{a:.2f}, {b:.2f}" for a, b in shares) + " |")
     mark = {True: "yes", False: "no", None: "–"}
     placements = " | ".join(f"{p}: subject, style" for p in ("upper", "middle", "lower"))
     for name, found_by_method in report["verdict"].items():
@@ -451,6 +459,18 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def effect_shares(summary: Mapping[str, Any], method: str, row: str) -> tuple[float, float]:
+    """(subject, style) share of the single adapter's fidelity gain over the other adapter alone that `row` keeps."""
+    mean = {r: {m: summary[r][method][m]["mean"] for m in ("subject_fidelity", "style_fidelity")} for r in summary}
+    identity, style, here = mean["ID only"], mean["style only"], mean[row]
+    subject_gap = identity["subject_fidelity"] - style["subject_fidelity"]
+    style_gap = style["style_fidelity"] - identity["style_fidelity"]
+    return (
+        (here["subject_fidelity"] - style["subject_fidelity"]) / subject_gap if subject_gap else float("nan"),
+        (here["style_fidelity"] - identity["style_fidelity"]) / style_gap if style_gap else float("nan"),
+    )
 
 
 def ablation_grid(images: Mapping[str, list[list]], methods: Sequence[str], base: list, path: Path) -> Path:
