@@ -54,6 +54,7 @@ class AblationSettings:
     steps: int = 200  # identity adapter
     style_steps: int = 250  # the held-out background came out slower than the glyph in probes
     lr_scale: float = 30.0  # × each method's registered SD learning rate (see docs/t2i_ablation.md)
+    lrs: tuple[tuple[str, float], ...] = ()  # (method, lr) pairs that replace the scaled default
     batch_size: int = 4
     images: int = 32
     prompts: int = 8
@@ -130,26 +131,30 @@ def compose_rows(
     texts = [p.text if isinstance(p, Prompt) else p for p in chosen]
     per_image = [p for p in chosen for _ in seeds]
     result = Composition(ABLATION_ROWS, chosen, [], [])
-    for placements in ablation("identity", "style", weights):
-        modes = (False, True) if both else (merge,)
-        images = {}
-        for merged in modes:
+    rows = ablation("identity", "style", weights)
+    # Every applied row first: a merge/unmerge round trip that does not restore the base weight exactly (a method
+    # bug) then shows up in the merged rows' pixel gap and cannot leak into the applied rows.
+    modes = (False, True) if both else (merge,)
+    images: dict[bool, list[list]] = {}
+    for merged in modes:
+        images[merged] = []
+        for placements in rows:
             apply_placements(pipe.unet, placements)
             if merged:
                 merge_placements(pipe.unet)
             cells = render(pipe, texts, seeds, steps=steps, guidance=guidance, progress=progress)
-            images[merged] = [image for row in cells for image in row]
-        main = images[modes[0]]
+            images[merged].append([image for row in cells for image in row])
+    apply_placements(pipe.unet, [])
+    for index, main in enumerate(images[modes[0]]):
         row: dict[str, Any] = score_samples(scorer, main, per_image, **refs) if scorer is not None else {}
         if both:
-            merged_images = images[True]
+            merged_images = images[True][index]
             row["merged_max_pixel_diff"] = max_pixel_diff(main, merged_images)
             if scorer is not None:
                 row["merged"] = score_samples(scorer, merged_images, per_image, **refs)
             result.merged_rows.append(merged_images)
         result.rows.append(main)
         result.scores.append(row)
-    apply_placements(pipe.unet, [])
     return result
 
 
@@ -191,12 +196,14 @@ def run_ablation(
     scorer, note = make_scorer(judge=judge, cache_dir=cache_dir, glyph_model=True, progress=progress)
     record = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
     record.update(methods=methods, model=model or runner.SHIPPED)
+    record = json.loads(json.dumps(record))  # as saved, so a rerun's comparison with the saved scores is exact
     jobs = [(m, s) for m in methods for s in settings.seeds]
     per_job_images = len(ABLATION_ROWS) * 2 * settings.prompts * len(settings.sample_seeds)
     train_bar = tqdm(total=2 * len(jobs), desc="adapters", disable=not progress, unit="run")
     render_bar = tqdm(total=len(jobs) * per_job_images, desc="rows", disable=not progress, unit="img")
     scores: dict[str, dict[str, Any]] = {}
     kept_images: dict[str, list[list]] = {}
+    reused = 0
     try:
         for method, seed in jobs:
             dirs = {}
@@ -208,6 +215,7 @@ def run_ablation(
             key = f"{method}-s{seed}"
             cached = _cached_scores(out / "scores" / f"{key}.json", record)
             if cached is not None:
+                reused += 1
                 scores[key] = cached
                 if seed == settings.seeds[0]:
                     kept_images[method] = _load_cells(out / "cells" / key, len(ABLATION_ROWS))
@@ -235,6 +243,8 @@ def run_ablation(
         "settings": record,
         "scorer": note,
         "wall_time_s": time.perf_counter() - started,
+        "reused_jobs": reused,
+        "jobs": len(jobs),
         "summary": summary,
         "references": {name: row["scores"] for name, row in references.items()},
         "verdict": verdicts(summary, methods, references[BASE_ROW]["scores"], references[RENDER_ROW]["scores"]),
@@ -251,10 +261,11 @@ def _train_argv(settings, concept, method, seed, run_dir, model, cache_dir, judg
     from ..training.settings import default_lr
 
     steps = settings.steps if concept.attribute == "subject" else settings.style_steps
+    lr = dict(settings.lrs).get(method, default_lr(method, "sd") * settings.lr_scale)
     argv = [
         "train", "--data", concept.spec, "--token", concept.token, "--method", method, "--seed", str(seed),
         "--init-seed", str(seed), "--steps", str(steps), "--batch-size", str(settings.batch_size),
-        "--lr", repr(default_lr(method, "sd") * settings.lr_scale), "--eval-every", str(steps),
+        "--lr", repr(lr), "--eval-every", str(steps),
         "--save-every", str(steps), "--num-images", str(settings.images),
         "--num-prompts", "2", "--seeds", "0", "--sample-steps", str(settings.sample_steps),
         "--guidance", str(settings.guidance), "--output-dir", str(run_dir), "--resume", "--no-progress",
@@ -404,7 +415,8 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
     """The table (mean ± std over seeds) with the reference rows, and the per-method verdicts."""
     summary, seeds = report["summary"], report["settings"]["seeds"]
     lines = [
-        f"Block-wise LoRA ablation on the glyph-world model ({report['date']}, {report['wall_time_s'] / 60:.1f} min):",
+        f"Block-wise LoRA ablation on the glyph-world model ({report['date']}, {report['wall_time_s'] / 60:.1f} min; "
+        f"{report['reused_jobs']} of {report['jobs']} (method, seed) jobs reused from an earlier run):",
         f"mean ± std over seeds {', '.join(map(str, seeds))}; {report['scorer']}.",
         "",
         "| row | method | " + " | ".join(HEADERS) + " | merged − applied (max px) |",
@@ -418,6 +430,14 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
             lines.append(f"| {row} | {method} | " + " | ".join(numbers) + f" | {gap['mean']:.1f} |")
     for name, row_scores in report["references"].items():
         lines.append(f"| {name} | – | " + " | ".join(f"{row_scores[m]:.3f}" for m in METRICS) + " | – |")
+    combined = [row for row in ABLATION_ROWS if row.startswith("ID + style")]
+    lines += ["", "Share of the single adapter's effect that each ID + style row keeps (subject fidelity: (row − style "
+              "only) / (ID only − style only); style fidelity: (row − ID only) / (style only − ID only); seed means):",
+              "", "| method | " + " | ".join(f"{r.split(', ')[1]}: subject, style" for r in combined) + " |",
+              "|---|" + "---|" * len(combined)]  # fmt: skip
+    for method in methods:
+        shares = [effect_shares(summary, method, row) for row in combined]
+        lines.append(f"| {method} | " + " | ".join(f"{a:.2f}, {b:.2f}" for a, b in shares) + " |")
     mark = {True: "yes", False: "no", None: "–"}
     placements = " | ".join(f"{p}: subject, style" for p in ("upper", "middle", "lower"))
     for name, found_by_method in report["verdict"].items():
@@ -439,6 +459,18 @@ def markdown(report: Mapping[str, Any], methods: Sequence[str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def effect_shares(summary: Mapping[str, Any], method: str, row: str) -> tuple[float, float]:
+    """(subject, style) share of the single adapter's fidelity gain over the other adapter alone that `row` keeps."""
+    mean = {r: {m: summary[r][method][m]["mean"] for m in ("subject_fidelity", "style_fidelity")} for r in summary}
+    identity, style, here = mean["ID only"], mean["style only"], mean[row]
+    subject_gap = identity["subject_fidelity"] - style["subject_fidelity"]
+    style_gap = style["style_fidelity"] - identity["style_fidelity"]
+    return (
+        (here["subject_fidelity"] - style["subject_fidelity"]) / subject_gap if subject_gap else float("nan"),
+        (here["style_fidelity"] - identity["style_fidelity"]) / style_gap if style_gap else float("nan"),
+    )
 
 
 def ablation_grid(images: Mapping[str, list[list]], methods: Sequence[str], base: list, path: Path) -> Path:

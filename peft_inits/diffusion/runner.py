@@ -237,6 +237,9 @@ def _ablation_parser(commands) -> None:
     ablation.add_argument(
         "--lr-scale", type=float, default=d.lr_scale, help="× each method's registered SD learning rate"
     )
+    ablation.add_argument(
+        "--lrs", type=_method_lrs, default=list(d.lrs), help="METHOD=LR,… replacing the scaled default of those methods"
+    )
     ablation.add_argument("--batch-size", type=int, default=d.batch_size)
     ablation.add_argument("--num-images", type=int, default=d.images, help="rendered training images per concept")
     ablation.add_argument("--num-prompts", type=int, default=d.prompts, help="prompts asking for subject + style")
@@ -321,6 +324,16 @@ def _sample_args(parser: argparse.ArgumentParser, prompts_required: bool) -> Non
     group.add_argument("--seeds", type=_int_list, default=None, help="default: 0,1 (glyph model), 0,1,2 (others)")
     group.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS)
     group.add_argument("--guidance", type=float, default=None, help="CFG scale; default 4 (glyph model), 7 (others)")
+
+
+def _method_lrs(text: str) -> list[tuple[str, float]]:
+    pairs = [item.split("=", 1) for item in cli.csv_list(text)]
+    if any(len(pair) != 2 or pair[0] not in method_names() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
+    try:
+        return [(name, float(value)) for name, value in pairs]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"learning rates must be numbers: {text!r}") from exc
 
 
 def _int_list(text: str) -> list[int]:
@@ -463,7 +476,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     settings = AblationSettings(
         methods=tuple(args.methods) if args.methods else None, seeds=tuple(args.seeds), subject=args.subject,
         style=args.style, identity_token=args.identity_token, style_token=args.style_token, steps=args.steps,
-        style_steps=args.style_steps, lr_scale=args.lr_scale,
+        style_steps=args.style_steps, lr_scale=args.lr_scale, lrs=tuple(args.lrs),
         batch_size=args.batch_size, images=args.num_images, prompts=args.num_prompts,
         sample_seeds=tuple(args.sample_seeds), sample_steps=args.sample_steps, guidance=args.guidance,
         references=args.references,
