@@ -18,10 +18,10 @@ from typing import Any
 
 from torch import Tensor
 
-from ..checkpoint import read_json_object, verify_adapter_dir
+from ..checkpoint import verify_adapter_dir
 from ..registry import method_of_peft_type
+from . import dataset as D
 
-SPLITS = ("train", "heldout")
 WRAPPER_PREFIX = "base_model.model."  # what a PeftModel's save adds; diffusers' add_adapter saves without it
 _RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
 
@@ -54,45 +54,31 @@ class AdapterDataset:
 
 
 def read_dataset(root: str | Path) -> AdapterDataset:
-    """The index of a data set folder, checked: fields present, folders exist, one method for every adapter."""
-    root = Path(root)
-    index = root / "dataset.json"
-    if not index.is_file():
-        raise FileNotFoundError(f"{root} is not an adapter data set: {index} does not exist")
-    raw = read_json_object(index, "adapter data set index")
-    adapters = raw.get("adapters")
-    if not isinstance(adapters, list) or not adapters:
+    """The index of a data set folder (parsed by `dataset.read_dataset`), checked for what a generator needs: at least
+    one adapter, unique names."""
+    manifest = D.read_dataset(root)
+    root, index = Path(root), Path(root) / D.MANIFEST
+    if not manifest.adapters:
         raise ValueError(f"{index} lists no adapters (an 'adapters' list of objects is needed)")
-    entries = []
-    for number, item in enumerate(adapters):
-        if not isinstance(item, dict):
-            raise ValueError(f"{index}: adapters[{number}] is not an object")
-        missing = [k for k in ("name", "subject_id", "split", "references") if k not in item]
-        if missing:
-            raise ValueError(f"{index}: adapters[{number}] lacks {missing}")
-        if item["split"] not in SPLITS:
-            raise ValueError(f"{index}: adapter {item['name']!r} has split {item['split']!r}; use one of {SPLITS}")
-        known = {"name", "subject", "subject_id", "split", "seed", "references", "train_time_s"}
-        entries.append(
-            Entry(
-                name=str(item["name"]),
-                subject=str(item.get("subject", item["subject_id"])),
-                subject_id=str(item["subject_id"]),
-                split=item["split"],
-                seed=int(item.get("seed", 0)),
-                references=root / item["references"],
-                directory=root / "adapters" / str(item["name"]),
-                train_time_s=item.get("train_time_s"),
-                extra={k: v for k, v in item.items() if k not in known},
-            )
-        )
-    names = [e.name for e in entries]
+    names = [e.name for e in manifest.adapters]
     if len(set(names)) != len(names):
         repeated = sorted({n for n in names if names.count(n) > 1})
         raise ValueError(f"{index} lists adapter names more than once: {repeated[:3]}")
-    method = raw.get("method")
-    model = raw.get("model")
-    return AdapterDataset(root, str(method) if method else "", model, dict(raw.get("settings") or {}), entries)
+    entries = [
+        Entry(
+            name=e.name,
+            subject=e.subject or e.subject_id,
+            subject_id=e.subject_id,
+            split=e.split,
+            seed=int(e.seed),
+            references=root / e.references,
+            directory=root / "adapters" / e.name,
+            train_time_s=e.train_time_s,
+            extra={"family": e.family, "variant": e.variant, "colour": e.colour, **e.extra},
+        )
+        for e in manifest.adapters
+    ]
+    return AdapterDataset(root, manifest.method or "", manifest.model, dict(manifest.settings), entries)
 
 
 def load_entries(dataset: AdapterDataset, entries: Sequence[Entry]) -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
