@@ -150,6 +150,8 @@ def test_subject_pool():
     assert D.subjects(5, 3)[0] == train[:5] and D.subjects(5, 3)[1] == heldout[-3:]  # ids stable across sizes
     with pytest.raises(ValueError, match="glyph pool holds"):
         D.subjects(len(pool), 1)
+    big, prompts = train[0].images(1, 512, "references")  # an SD-1.5-sized model: rendered at 128 px, upscaled
+    assert big.shape == (1, 512, 512, 3) and prompts[0].startswith("a sks glyph on ")
 
 
 def test_bad_inputs(built, tmp_path, capsys):

@@ -36,6 +36,7 @@ _CATEGORIES = {"Lu", "Ll", "Nd", "Sm", "So"}
 _PROBE = 24  # px: glyphs are compared on a 32 px canvas at this size
 _MIN_INK = 0.06  # share of the canvas a glyph must cover (drops dots, commas, hairlines)
 _SAME = 0.03  # mean |difference| of two binarised probes under which two glyphs count as the same shape
+MAX_RENDER = 128  # px: the world's textures are 128 px after its 4× shrink; larger models get bicubic upscales
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,12 @@ class Subject:
     def images(self, count: int, size: int, stream: str) -> tuple[np.ndarray, list[str]]:
         """`count` renders of stream 'train' or 'references' (independent jitter) and their rare-token prompts."""
         offset = {"train": 0, "references": 1}[stream]
-        arrays, scenes = self.world(size, seed=_stream_seed(self.glyph, offset)).images(count)
+        native = min(size, MAX_RENDER)
+        arrays, scenes = self.world(native, seed=_stream_seed(self.glyph, offset)).images(count)
+        if native != size:  # e.g. SD-1.5's 512 px
+            from PIL import Image
+
+            arrays = np.stack([np.asarray(W.to_pil(a).resize((size, size), Image.BICUBIC)) for a in arrays])
         return arrays, [prompt(scene.background) for scene in scenes]
 
 
