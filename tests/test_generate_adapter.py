@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 from PIL import Image
+from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
 from peft_inits.checkpoint import load_tensors, save_adapter, verify_adapter_dir, write_adapter_dir
@@ -132,7 +133,7 @@ def test_bad_inputs_are_named(world, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     args = ["generate-adapter", "--generator", str(world["generator"]), "--out", str(tmp_path / "x")]
-    with pytest.raises(ValueError, match=r"reference folder .*empty holds no images"):
+    with pytest.raises(ValueError, match=r"reference image folder .*empty holds no images"):
         runner.main(runner.parse_args([*args, "--reference", str(empty)]))
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -232,34 +233,7 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     """A width-16 CLIP (with its image projection) and a width-16 DINOv2, saved as local checkpoints."""
-    from transformers import (
-        BitImageProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        Dinov2Config,
-        Dinov2Model,
-    )
-
-    from peft_inits.diffusion.tiny import byte_level_tokenizer
-
-    root = tmp_path_factory.mktemp("encoders")
-    torch.manual_seed(0)
-    tokenizer = byte_level_tokenizer(root / "tok")
-    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": len(tokenizer) - 2,
-            "eos_token_id": len(tokenizer) - 1, "pad_token_id": len(tokenizer) - 1}  # fmt: skip
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}  # fmt: skip
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(root / "clip")
-    config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          image_size=32, patch_size=8)  # fmt: skip
-    Dinov2Model(config).save_pretrained(root / "dino")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "dino")
-    return root
+    return save_tiny_clip_and_dino(tmp_path_factory.mktemp("encoders"), dino_layers=1)
 
 
 def test_image_encoder_features_clip_and_dino(world, encoders, tmp_path):

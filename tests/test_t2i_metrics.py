@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits.diffusion import metrics
 from peft_inits.diffusion.judge import Judge, JudgeSettings, attribute_classes, load_judge, save_judge, train_judge
@@ -91,34 +92,7 @@ def test_judge_round_trip_and_errors(judge, tmp_path):
 @pytest.fixture(scope="module")
 def clip_and_dino(tmp_path_factory):
     """A width-16 CLIP (byte-level tokenizer) and a width-16 DINOv2, saved as local checkpoints with processors."""
-    from transformers import (
-        BitImageProcessor,
-        CLIPConfig,
-        CLIPImageProcessor,
-        CLIPModel,
-        CLIPProcessor,
-        Dinov2Config,
-        Dinov2Model,
-    )
-
-    from peft_inits.diffusion.tiny import byte_level_tokenizer
-
-    root = tmp_path_factory.mktemp("scorers")
-    torch.manual_seed(0)
-    tokenizer = byte_level_tokenizer(root / "tok")
-    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": len(tokenizer) - 2,
-            "eos_token_id": len(tokenizer) - 1, "pad_token_id": len(tokenizer) - 1}  # fmt: skip
-    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-              "image_size": 32, "patch_size": 8}  # fmt: skip
-    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(root / "clip")
-    config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          image_size=32, patch_size=8)  # fmt: skip
-    Dinov2Model(config).save_pretrained(root / "dino")
-    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "dino")
-    return root
+    return save_tiny_clip_and_dino(tmp_path_factory.mktemp("scorers"), dino_layers=2)
 
 
 def test_clip_and_dino_scorers_from_local_paths(clip_and_dino):

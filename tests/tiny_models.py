@@ -178,3 +178,35 @@ def timm_like_vit(num_labels: int = 3) -> TimmLikeViT:
     """timm-named ViT: hidden 32, 2 blocks, 16 px images, 8 px patches, 3 channels."""
     torch.manual_seed(SEED)
     return TimmLikeViT(classes=num_labels).eval()
+
+
+def save_tiny_clip_and_dino(root, dino_layers: int = 1):
+    """A width-16 CLIP (byte-level tokenizer, image projection) and a width-16 DINOv2, saved with their processors
+    as local checkpoints `root/clip` and `root/dino` (the CLIP-I / CLIP-T / DINO code paths, offline)."""
+    from transformers import (
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Dinov2Config,
+        Dinov2Model,
+    )
+
+    from peft_inits.diffusion.tiny import byte_level_tokenizer
+
+    torch.manual_seed(SEED)
+    tokenizer = byte_level_tokenizer(root / "tok")
+    text = {"vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "max_position_embeddings": 32, "bos_token_id": len(tokenizer) - 2,
+            "eos_token_id": len(tokenizer) - 1, "pad_token_id": len(tokenizer) - 1}  # fmt: skip
+    vision = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).save_pretrained(root / "clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(root / "clip")
+    config = Dinov2Config(hidden_size=16, intermediate_size=32, num_hidden_layers=dino_layers, num_attention_heads=2,
+                          image_size=32, patch_size=8)  # fmt: skip
+    Dinov2Model(config).save_pretrained(root / "dino")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(root / "dino")
+    return root

@@ -17,27 +17,35 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 EMBEDDED_SETS = {"subject": ("chelsea",), "style": ("brick", "gravel")}
 
 
-def load_image_folder(path: str | Path, resolution: int | None = None) -> list:
-    """All images of a folder as RGB PIL images.
-
-    Without `resolution` every image must have the same size; with it, each image's shorter side is resized to
-    `resolution` (crops are taken later), so mixed sizes are fine.
-    """
+def read_images(path: str | Path, what: str = "image") -> list:
+    """Every image of a folder as RGB PIL images, sorted by name; a missing or empty folder or an unreadable file is
+    an error naming it (`what` names the images in the messages, e.g. 'reference image')."""
     from PIL import Image, UnidentifiedImageError
 
     folder = Path(path)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise FileNotFoundError(f"{what} folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ValueError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     images = []
     for file in files:
         try:
             with Image.open(file) as image:
                 images.append(image.convert("RGB"))
         except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read image {file}: {exc}") from exc
+            raise ValueError(f"cannot read {what} {file}: {exc}") from exc
+    return images
+
+
+def load_image_folder(path: str | Path, resolution: int | None = None) -> list:
+    """All images of a folder as RGB PIL images.
+
+    Without `resolution` every image must have the same size; with it, each image's shorter side is resized to
+    `resolution` (crops are taken later), so mixed sizes are fine.
+    """
+    folder = Path(path)
+    images = read_images(folder)
     sizes = sorted({image.size for image in images})
     if resolution is None and len(sizes) > 1:
         raise ValueError(

@@ -105,24 +105,9 @@ class ImageEncoderFeatures:
 def read_references(folder: str | Path) -> list:
     """Every image of a reference folder as RGB (any sizes: each source resizes); a missing or empty folder or an
     unreadable file is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
+    from ..diffusion.images import read_images
 
-    from ..diffusion.images import IMAGE_SUFFIXES
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"reference folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"reference folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    images = []
-    for file in files:
-        try:
-            with Image.open(file) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as exc:
-            raise ValueError(f"cannot read reference image {file}: {exc}") from exc
-    return images
+    return read_images(folder, "reference image")
 
 
 def build_sources(
