@@ -27,7 +27,11 @@ if TYPE_CHECKING:
     from .config import AdapterConfig
 
 Rank = Union[int, str]  # an int >= 1, or "full" = the largest rank every targeted matrix allows
-TASK_FAMILIES = ("classifier", "sd")  # runner families whose defaults a method declares
+# Runner families whose defaults a method declares: "classifier" (encoder / ViT), "sd" (SD-sized U-Nets) and "glyph"
+# (the shipped glyph-world model: 7 M U-Net parameters, 32 px, 150–250 steps, so rates measured on it in
+# docs/t2i_ablation.md and docs/adapter_dataset.md). A method that declares no "glyph" defaults gets its "sd" ones.
+TASK_FAMILIES = ("classifier", "sd", "glyph")
+FAMILY_FALLBACK = {"glyph": "sd"}
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,9 @@ class Method:
             )
 
     def runner_defaults(self, family: str) -> RunnerDefaults:
+        """The defaults for a runner family; a family the method does not declare falls back (glyph → sd)."""
+        if family not in self.defaults and family in FAMILY_FALLBACK:
+            return self.runner_defaults(FAMILY_FALLBACK[family])
         if family not in self.defaults:
             raise ValueError(f"method {self.name!r} declares no defaults for the {family!r} runners")
         return self.defaults[family]

@@ -53,7 +53,6 @@ class AblationSettings:
     style_token: str = "zwx"
     steps: int = 200  # identity adapter
     style_steps: int = 250  # the held-out background came out slower than the glyph in probes
-    lr_scale: float = 30.0  # × each method's registered SD learning rate (see docs/t2i_ablation.md)
     lrs: tuple[tuple[str, float], ...] = ()  # (method, lr) pairs that replace the scaled default
     batch_size: int = 4
     images: int = 32
@@ -258,19 +257,17 @@ def run_ablation(
 
 
 def _train_argv(settings, concept, method, seed, run_dir, model, cache_dir, judge) -> list[str]:
-    from ..training.settings import default_lr
-
     steps = settings.steps if concept.attribute == "subject" else settings.style_steps
-    lr = dict(settings.lrs).get(method, default_lr(method, "sd") * settings.lr_scale)
+    lr = dict(settings.lrs).get(method)  # None: the method's rate for this model (its registry entry)
     argv = [
         "train", "--data", concept.spec, "--token", concept.token, "--method", method, "--seed", str(seed),
         "--init-seed", str(seed), "--steps", str(steps), "--batch-size", str(settings.batch_size),
-        "--lr", repr(lr), "--eval-every", str(steps),
+        "--eval-every", str(steps),
         "--save-every", str(steps), "--num-images", str(settings.images),
         "--num-prompts", "2", "--seeds", "0", "--sample-steps", str(settings.sample_steps),
         "--guidance", str(settings.guidance), "--output-dir", str(run_dir), "--resume", "--no-progress",
     ]  # fmt: skip
-    for flag, value in (("--model", model), ("--cache-dir", cache_dir), ("--judge", judge)):
+    for flag, value in (("--model", model), ("--cache-dir", cache_dir), ("--judge", judge), ("--lr", lr)):
         if value is not None:
             argv += [flag, str(value)]
     return argv

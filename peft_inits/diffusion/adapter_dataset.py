@@ -37,7 +37,7 @@ from ..training.rundir import RunDir
 from ..training.sampler import StepSampler
 from ..training.settings import AdapterSettings, TrainSettings, default_lr
 from .objective import Frozen
-from .shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path
+from .shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path, runner_family
 
 EVAL_SEED = 1234  # the fixed noise/timestep draw of the before/after loss (as `objective.diffusion_task`)
 # Settings that do not change any adapter (population size only batches them; output and progress are places)
@@ -113,7 +113,7 @@ def _settings(args: argparse.Namespace, resolution: int, model_name: str) -> dic
         "references": args.references,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "lr": args.lr if args.lr is not None else default_lr(args.method, "sd"),
+        "lr": args.lr if args.lr is not None else default_lr(args.method, runner_family(args.model)),
         "r": args.r,
         "alpha": args.alpha,
         "module_kinds": args.module_kinds,
@@ -294,7 +294,7 @@ def _adapter_settings(args: argparse.Namespace) -> AdapterSettings:
         blocks=args.blocks,
         head_modules=[],
         init_seed=args.init_seed,
-        family="sd",
+        family=runner_family(args.model),
     )
 
 

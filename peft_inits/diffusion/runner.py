@@ -45,7 +45,7 @@ from .objective import PREDICTION_TYPES, Frozen, diffusion_task
 from .render import render
 from .sampling import DEFAULT_STEPS, generate, save_grid
 from .scoring import make_scorer, score_samples
-from .shipped import DEFAULT_CACHE, SHIPPED, TINY, model_kind, model_path
+from .shipped import DEFAULT_CACHE, SHIPPED, TINY, model_kind, model_path, runner_family
 from .trainset import check_data, training_set
 
 TRAIN_DEFAULTS = TrainSettings(steps=60, batch_size=2, eval_every=20, warmup=0.0, save_every=20, head_lr=0.0)
@@ -235,10 +235,7 @@ def _ablation_parser(commands) -> None:
     ablation.add_argument("--steps", type=int, default=d.steps, help="identity adapter optimizer steps")
     ablation.add_argument("--style-steps", type=int, default=d.style_steps, help="style adapter optimizer steps")
     ablation.add_argument(
-        "--lr-scale", type=float, default=d.lr_scale, help="× each method's registered SD learning rate"
-    )
-    ablation.add_argument(
-        "--lrs", type=_method_lrs, default=list(d.lrs), help="METHOD=LR,… replacing the scaled default of those methods"
+        "--lrs", type=_method_lrs, default=list(d.lrs), help="METHOD=LR,… instead of the registered rates"
     )
     ablation.add_argument("--batch-size", type=int, default=d.batch_size)
     ablation.add_argument("--num-images", type=int, default=d.images, help="rendered training images per concept")
@@ -380,8 +377,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         save_grid(render(pipe, prompts, args.seeds, **sample), run_dir / "samples" / f"step-{step:06d}.png", prompts)
 
     task.on_checkpoint = sample_grid
-    adapter = cli.adapter_settings(args, head_modules=[], family="sd")
-    settings = cli.train_settings(args, lr=args.lr if args.lr is not None else default_lr(args.method, "sd"))
+    family = runner_family(args.model)
+    adapter = cli.adapter_settings(args, head_modules=[], family=family)
+    settings = cli.train_settings(args, lr=args.lr if args.lr is not None else default_lr(args.method, family))
     config = {
         "runner": "sd",
         "model": args.model or SHIPPED,
@@ -476,7 +474,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     settings = AblationSettings(
         methods=tuple(args.methods) if args.methods else None, seeds=tuple(args.seeds), subject=args.subject,
         style=args.style, identity_token=args.identity_token, style_token=args.style_token, steps=args.steps,
-        style_steps=args.style_steps, lr_scale=args.lr_scale, lrs=tuple(args.lrs),
+        style_steps=args.style_steps, lrs=tuple(args.lrs),
         batch_size=args.batch_size, images=args.num_images, prompts=args.num_prompts,
         sample_seeds=tuple(args.sample_seeds), sample_steps=args.sample_steps, guidance=args.guidance,
         references=args.references,

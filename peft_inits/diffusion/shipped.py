@@ -27,6 +27,11 @@ def model_kind(model: str | None) -> str:
     return TINY if model == TINY else "sd"
 
 
+def runner_family(model: str | None) -> str:
+    """Whose registered defaults (learning rate, rank) apply: 'glyph' for the shipped model, else 'sd'."""
+    return "glyph" if model_kind(model) == "glyph" else "sd"
+
+
 def model_name(model: str | None) -> str:
     """What a run records for `--model`: the shipped model's name, 'tiny', or the folder's absolute path."""
     kind = model_kind(model)

@@ -31,9 +31,7 @@ from ..descriptors import DESCRIPTORS
 from ..generation import dataset as D
 from ..registry import method_names
 from ..training import cli
-from ..training.settings import default_lr
 from . import adapter_dataset
-from .ablation import AblationSettings
 from .composition import Placement, apply_placements, load_named_adapter
 from .concepts import GlyphConcept, concept_prompts
 from .sampling import generate
@@ -89,10 +87,6 @@ def add_parser(commands) -> argparse.ArgumentParser:
     parser.add_argument("--generated", type=int, default=2, help="images generated per adapter for the baseline")
     parser.add_argument("--sample-steps", type=int, default=15, help="DPM++ 2M Karras steps of those images")
     parser.add_argument("--population", type=int, default=24, help="adapters trained together in one forward")
-    parser.add_argument(
-        "--lr-scale", type=float, default=AblationSettings.lr_scale,
-        help="× each method's registered SD learning rate, as `sd.py ablation` trains (default: %(default)s)",
-    )  # fmt: skip
     parser.add_argument("--judge", default=None, help="glyph-world judge folder (default: trained into --cache-dir)")
     parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -106,7 +100,6 @@ def _dataset_args(args: argparse.Namespace, method: str, root: Path) -> argparse
     argv = ["adapter-dataset", "--method", method, "--output-dir", str(root), "--seeds", "0",
             "--steps", str(args.steps), "--images", str(args.images), "--references", "2",
             "--population", str(args.population), "--cache-dir", args.cache_dir,
-            "--lr", repr(default_lr(method, "sd") * args.lr_scale),
             "--progress" if args.progress else "--no-progress"]  # fmt: skip
     if args.model:
         argv += ["--model", args.model]

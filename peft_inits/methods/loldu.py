@@ -142,7 +142,11 @@ LOLDU = register_method(
         summary="LoLDU (arXiv 2410.13618): train only the diagonal z of a pivoted LDU (r values, +1 if σ trains).",
         options=LoLDUOptions,
         weights=LoLDUWeights,
-        defaults={"classifier": RunnerDefaults(lr=5e-3, r="full"), "sd": RunnerDefaults(lr=5e-3, r=8)},
+        defaults={
+            "classifier": RunnerDefaults(lr=5e-3, r="full"),
+            "sd": RunnerDefaults(lr=5e-3, r=8),
+            "glyph": RunnerDefaults(lr=5e-3, r=8),
+        },
     )
 )
 LoLDUConfig = LOLDU.config

@@ -51,7 +51,11 @@ LORA = register_method(
         summary="Vanilla LoRA (Hu et al. 2021): A kaiming-uniform, B = 0, trains r·(m+n) values per matrix.",
         options=LoRAOptions,
         weights=LoRAWeights,
-        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
+        defaults={
+            "classifier": RunnerDefaults(lr=3e-3, r=8),
+            "sd": RunnerDefaults(lr=1e-4, r=8),
+            "glyph": RunnerDefaults(lr=3e-3, r=8),
+        },
         rank_bounded=False,
     )
 )

@@ -43,7 +43,11 @@ MILORA = register_method(
         options=MiLoRAOptions,
         weights=MiLoRAWeights,
         # LoRA's learning rates, not tuned (compare at 3e-3: test acc 0.644, 2026-12-02)
-        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
+        defaults={
+            "classifier": RunnerDefaults(lr=3e-3, r=8),
+            "sd": RunnerDefaults(lr=1e-4, r=8),
+            "glyph": RunnerDefaults(lr=3e-3, r=8),
+        },
     )
 )
 MiLoRAConfig = MILORA.config

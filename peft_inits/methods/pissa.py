@@ -90,7 +90,11 @@ PISSA = register_method(
         weights=PiSSAWeights,
         # classifier lr from `compare --methods pissa --sweep pissa.lr=...` (2026-12-02, test acc): 5e-4 0.560,
         # 1e-3 0.606, 3e-3 0.663; sd: LoRA's, not tuned
-        defaults={"classifier": RunnerDefaults(lr=3e-3, r=8), "sd": RunnerDefaults(lr=1e-4, r=8)},
+        defaults={
+            "classifier": RunnerDefaults(lr=3e-3, r=8),
+            "sd": RunnerDefaults(lr=1e-4, r=8),
+            "glyph": RunnerDefaults(lr=3e-3, r=8),
+        },
     )
 )
 PiSSAConfig = PISSA.config

@@ -82,7 +82,11 @@ SVFIT = register_method(
         summary="SVFit (arXiv 2409.05926): train only the top-r singular values of each frozen weight (r per matrix).",
         options=SVFitOptions,
         weights=SVFitWeights,
-        defaults={"classifier": RunnerDefaults(lr=3e-2, r="full"), "sd": RunnerDefaults(lr=5e-3, r=8)},
+        defaults={
+            "classifier": RunnerDefaults(lr=3e-2, r="full"),
+            "sd": RunnerDefaults(lr=5e-3, r=8),
+            "glyph": RunnerDefaults(lr=0.15, r=8),
+        },
     )
 )
 SVFitConfig = SVFIT.config
