@@ -131,8 +131,17 @@ def generated_features(pipe, scorer, entries, root: Path, args: argparse.Namespa
     return np.stack(rows)
 
 
-def evaluate(args: argparse.Namespace, method: str, root: Path, scorer) -> list[dict[str, Any]]:
-    """Scores of every weight descriptor and both image baselines on one method's style collection."""
+@torch.no_grad()
+def training_features(scorer, concepts: Sequence[StyleConcept], images: int, size: int) -> dict[str, np.ndarray]:
+    """Mean judge features of each concept's training renders (the same for every method's adapter of it)."""
+    return {c.subject_id: scorer.features(list(c.images(images, size, "train")[0])).mean(0).numpy() for c in concepts}
+
+
+def evaluate(
+    args: argparse.Namespace, method: str, root: Path, scorer, training: dict[str, np.ndarray]
+) -> list[dict[str, Any]]:
+    """Scores of every weight descriptor and both image baselines on one method's style collection; `training`:
+    `training_features` by concept id."""
     from .runner import load_pipeline
     from .shipped import model_path
 
@@ -153,14 +162,9 @@ def evaluate(args: argparse.Namespace, method: str, root: Path, scorer) -> list[
         X = descriptor(collection.records, pipe.unet)
         rows.append({"method": method, "descriptor": name, **clustering_scores(X, labels, k=k)})
         plot_map(X, labels, Path(args.output_dir) / f"map-{method}-{name}.png", f"{method}: {name} descriptor")
-    concepts = {c.subject_id: c for c in style_concepts(args.styles, args.seeds)}
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    training = np.stack(
-        [scorer.features(list(concepts[e.subject_id].images(args.images, size, "train")[0])).mean(0).numpy()
-         for e in entries]
-    )  # fmt: skip
+    seen = np.stack([training[e.subject_id] for e in entries])
     generated = generated_features(pipe, scorer, entries, root, args)
-    for name, X in (("training-image features", training), ("generated-image features", generated)):
+    for name, X in (("training-image features", seen), ("generated-image features", generated)):
         rows.append({"method": method, "descriptor": name, **clustering_scores(X, labels, k=k)})
     return rows
 
@@ -182,11 +186,13 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     concepts = style_concepts(args.styles, args.seeds)
     scorer = _judge_scorer(args)
     out = Path(args.output_dir)
-    rows = []
+    rows: list[dict[str, Any]] = []
+    training: dict[str, np.ndarray] = {}
     for method in methods:
         root = out / method
-        adapter_dataset.run(_dataset_args(args, method, root), concepts=(concepts, []))
-        rows += evaluate(args, method, root, scorer)
+        dataset = adapter_dataset.run(_dataset_args(args, method, root), concepts=(concepts, []))
+        training = training or training_features(scorer, concepts, args.images, dataset.settings["resolution"])
+        rows += evaluate(args, method, root, scorer, training)
     table = format_table(rows, args.seeds - 1)
     atomic_write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=2) + "\n"))
     atomic_write(out / "results.md", lambda tmp: Path(tmp).write_text(table + "\n"))
