@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from peft_inits import AdapterLayer, AdapterSpec
+from peft_inits.atomic import atomic_write
 from peft_inits.kernels.cost import choose_path
 
 
@@ -129,8 +130,7 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
                 rows.append(row)
     command = ("python experiments/adapter_path_crossover.py " + " ".join(sys.argv[1:])).strip()
     page = markdown(rows, command)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(page)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(page))
     print(page)
     return rows
 

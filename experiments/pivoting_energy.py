@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from peft_inits import functional as Fn
+from peft_inits.atomic import atomic_write
 
 KINDS = ("query", "value")
 
@@ -140,8 +141,7 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
     rows = measure(weights, args.ranks, args.repeats)
     command = "python experiments/pivoting_energy.py " + " ".join(sys.argv[1:])
     page = markdown(rows, command.strip(), len(weights))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(page)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(page))
     print(page)
     return rows
 
