@@ -127,7 +127,7 @@ def markdown(rows: list[dict[str, object]], command: str, matrices: int) -> str:
         "negative).\n\n"
         f"{fitted}\n"
         f"## Decomposition time of all {matrices} matrices (ms, fp32, best of repeats)\n\n"
-        "Partial pivoting runs the left-looking truncation where `crout_is_cheaper` says so and LAPACK's blocked LU "
+        "Partial pivoting factors the m × r panel where `panel_is_cheaper` says so and LAPACK's blocked LU "
         "otherwise; rook is left-looking; complete is right-looking (O(r·m·n)).\n\n"
         f"{timing}"
     )

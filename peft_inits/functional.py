@@ -10,6 +10,7 @@ these functions; nothing else re-derives the maths.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -188,60 +189,49 @@ def _full_order(taken: list[int], size: int, device: torch.device) -> Tensor:
     return order.to(device)
 
 
-def crout_is_cheaper(r: int, m: int, n: int) -> bool:
-    """Whether r left-looking steps beat LAPACK's blocked LU of the whole m × n matrix (the `auto` choice).
+def panel_is_cheaper(r: int, m: int, n: int) -> bool:
+    """Whether factoring the m × r panel and solving for r pivot rows beats LAPACK's LU of all of W (`auto`).
 
-    Cost model fitted on this machine (1 thread, fp32, 768² to 3072×768): a left-looking step costs a fixed ~0.14 ms
-    of small-op overhead plus its BLAS2 work; the blocked LU runs at BLAS3 speed, ~15× more elements per second.
-    E.g. 768²: truncated up to r ≈ 32; 3072×768: up to r ≈ 120.
+    Flops: the panel costs m·r² − r³/3 plus r²·n for the pivot rows, the whole LU m·n·k − k³/3 (k = min(m, n)).
+    Measured here (1 thread, fp32): the two cross at r ≈ 0.6·k on 768², and at 768 × 3072 / 3072 × 768 near r = k.
     """
-    return r * 9.3e6 + 15.0 * r * r * (m + n) <= m * n * min(m, n)
+    k = min(m, n)
+    return m * r * r - r**3 / 3 + r * r * n < m * n * k - k**3 / 3
 
 
 def _partial_lapack(W: Tensor, r: int, tol: float) -> LDUFactors:
     LU, pivots, _ = torch.linalg.lu_factor_ex(W)  # singular W is fine: tiny pivots are handled in _finish
     m = LU.shape[0]
-    order = list(range(m))
-    for step, row in enumerate((pivots - 1).tolist()):
-        order[step], order[row] = order[row], order[step]
     L = torch.tril(LU[:, :r], diagonal=-1) + torch.eye(m, r, dtype=LU.dtype, device=LU.device)
-    return _finish(torch.tensor(order, device=W.device), L, torch.triu(LU[:r, :]), tol)
+    return _finish(_swaps_to_order(pivots, m), L, torch.triu(LU[:r, :]), tol)
 
 
-def _partial_crout(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFactors:
-    """Left-looking row-pivoted elimination: r Schur columns and r Schur rows, O(r²(m + n)), W only read.
+def _partial_panel(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFactors:
+    """The first r steps of row-pivoted LU from the m × r panel W[:, :r] alone, O(r²(m + n)), W only read.
 
-    Column k of the Schur complement is W[:, k] − L[:, :k] U[:k, k] and the pivot row W[p, :] − L[p, :k] U[:k, :];
-    the trailing matrix is never formed. Candidates are scanned in LAPACK's swapped row order, so even ties pick the
-    pivot `torch.linalg.lu` picks.
+    The first r columns decide the first r pivots and P·L_r (the panel's own LU, the step a blocked LU begins with);
+    the eliminated rows D_r·U_r are the r pivot rows of W with the earlier steps removed, L₁₁⁻¹·W[pivots, :] for the
+    unit-lower r × r block L₁₁ of L_r. Same LAPACK call on the same columns, so the same pivots as `_partial_lapack`.
     """
-    m, n = W.shape
-    Lt = torch.zeros(r, m, dtype=dtype, device=W.device)  # Lᵀ, rows in the weight's own order (contiguous columns)
-    packed = torch.zeros(r, n, dtype=dtype, device=W.device)  # eliminated rows D_k·U_k
-    order = list(range(m))
-    order_t = torch.arange(m, device=W.device)  # `order` as a tensor, for gathers
-    for k in range(r):
-        col = W[:, k].to(dtype, copy=True)
-        if k:
-            col = torch.addmv(col, Lt[:k].T, packed[:k, k], alpha=-1.0)
-        j = int(torch.argmax(col.index_select(0, order_t[k:]).abs()))
-        p = order[k + j]
-        order[k], order[k + j] = p, order[k]
-        order_t[k + j] = order[k + j]
-        order_t[k] = p
-        row = packed[k]
-        row.copy_(W[p])
-        if k:
-            row.addmv_(packed[:k].T, Lt[:k, p], alpha=-1.0)
-            row[:k] = 0.0
-        pivot = float(col[p])
-        row[k] = pivot
-        if abs(pivot) > tol:
-            torch.div(col, pivot, out=Lt[k])
-            if k:
-                Lt[k].index_fill_(0, order_t[:k], 0.0)  # rows already eliminated
-        Lt[k, p] = 1.0
-    return _finish(order_t, Lt.T[order_t], packed, tol)
+    m = W.shape[0]
+    LU, pivots, _ = torch.linalg.lu_factor_ex(W[:, :r].to(dtype))
+    order = _swaps_to_order(pivots, m)
+    L = torch.tril(LU, diagonal=-1)
+    L.diagonal().fill_(1.0)
+    rows = W.index_select(0, order[:r]).to(dtype)
+    packed = torch.linalg.solve_triangular(L[:r], rows, upper=False, unitriangular=True)
+    return _finish(order, L, torch.triu(packed), tol)
+
+
+def _swaps_to_order(pivots: Tensor, m: int) -> Tensor:
+    """LAPACK's 1-based row swaps (step k swaps rows k and pivots[k]) as the resulting row order."""
+    moved: dict[int, int] = {}  # position → row, only where the swaps changed something
+    for step, row in enumerate((pivots - 1).tolist()):
+        moved[step], moved[row] = moved.get(row, row), moved.get(step, step)
+    order = torch.arange(m)
+    if moved:
+        order[torch.tensor(list(moved))] = torch.tensor(list(moved.values()))
+    return order.to(pivots.device)
 
 
 def _rook_crout(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFactors:
@@ -341,16 +331,18 @@ def pivoted_ldu(
 ) -> LDUFactors:
     """First r pivots of W = P · L · diag(D) · U · Qᵀ, in elimination order (signed, not sorted).
 
-    `pivoting="partial"` (row pivoting, Q = I) is what LoLDU's official code takes. `method="truncated"` runs a
-    left-looking elimination of r steps — O(r²(m + n)), W is only read — and yields the same P·L_r, D_r, U_r as the
-    full factorisation that `method="full"` computes with `torch.linalg.lu_factor`; `auto` picks truncated unless r
-    is a large fraction of min(m, n). `"rook"` and `"complete"` pivoting also permute columns, so their first pivots
-    are large ones and the rank-r term captures more of W (see `captured_energy`); rook is left-looking like
-    partial, complete is right-looking (O(r·m·n)). For them `method="full"` runs all min(m, n) steps.
+    `pivoting="partial"` (row pivoting, Q = I) is what LoLDU's official code takes. `method="truncated"` factors the
+    m × r panel of W's first r columns and solves for the r pivot rows — O(r²(m + n)), W is only read — and yields
+    the same P·L_r, D_r, U_r as the full factorisation that `method="full"` computes with `torch.linalg.lu_factor`;
+    `auto` picks truncated unless r is a large fraction of min(m, n) (`panel_is_cheaper`). `"rook"` and `"complete"`
+    pivoting also permute columns, so their first pivots are large ones and the rank-r term captures more of W (see
+    `captured_energy`); rook is left-looking (Schur columns and rows on demand), complete is right-looking
+    (O(r·m·n)). For them `method="full"` runs all min(m, n) steps.
 
     Pivots |d| ≤ max(m, n)·eps₃₂·scale count as zero. `scale` defaults to max|W| from one `aminmax` pass, which
     also refuses inf/NaN; a caller that has already checked W in a pass of its own (e.g. `checked_fingerprint`)
-    passes a bound such as ‖W‖_F and spares the truncated elimination its only full read of W.
+    passes a magnitude such as the fingerprint's ‖W‖_F estimate and spares the truncated elimination its only full
+    read of W.
     """
     if pivoting not in PIVOTINGS:
         raise ValueError(f"unknown LDU pivoting {pivoting!r}: use {', '.join(map(repr, PIVOTINGS))}")
@@ -369,10 +361,10 @@ def pivoted_ldu(
         f = _complete_right_looking(W.to(dtype=dtype, copy=True), steps, tol)
     elif pivoting == "rook":
         f = _rook_crout(W, steps, tol, dtype)
-    elif method == "full" or (method == "auto" and not crout_is_cheaper(r, m, n)):
+    elif method == "full" or (method == "auto" and not panel_is_cheaper(r, m, n)):
         return _partial_lapack(W.to(dtype), r, tol)
     else:
-        return _partial_crout(W, r, tol, dtype)
+        return _partial_panel(W, r, tol, dtype)
     if steps == r:
         return f
     return LDUFactors(f.perm, f.L[:, :r], f.D[:r], f.U[:r], f.col_perm)
@@ -485,43 +477,54 @@ def lora_pair(down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> tu
 
 
 def weight_fingerprint(weight: Tensor) -> Tensor:
-    """Four float64 numbers that identify a base weight: ‖W‖_F, ΣW and two fixed random bilinear probes pᵀWq.
+    """Four float64 numbers that identify a base weight, from one read of W: a magnitude s, ΣW and two bilinear
+    probes pᵀWq with fixed random p, q.
 
-    Stored next to SVFit/LoLDU gains so that an adapter loaded onto another base model is refused. Computed on the
-    weight's device in two reads of W (one norm, one 3 × m by m × n product for the sum and both probes) with no
-    W-sized temporary; fp16/bf16 weights are read as fp32.
+    All four come from one 3 × m by m × n product V = [p₁; p₂; 1]ᵀ·W on the weight's device (no W-sized temporary):
+    ΣW = V₃·1, pᵢᵀWqᵢ = Vᵢ·qᵢ and s = ‖V₁,₂‖_F / √2, whose square is an unbiased estimate of ‖W‖²_F — a scale for
+    tolerances, not an identity (`fingerprints_match` compares the other three). fp16/bf16 weights are read as fp32.
+    Stored next to SVFit/LoLDU gains so that an adapter loaded onto another base model is refused.
     """
     W = weight_matrix(weight.detach())
     if W.dtype not in (torch.float32, torch.float64):
         W = W.float()
-    m, n = W.shape
+    left, right = _fingerprint_probes(*W.shape)
+    projected = (left.to(device=W.device, dtype=W.dtype) @ W).to(device="cpu", dtype=torch.float64)
+    probes = (projected * right).sum(dim=1)  # p₁ᵀWq₁, p₂ᵀWq₂, 1ᵀW1
+    magnitude = torch.linalg.vector_norm(projected[:2]).div(math.sqrt(2.0)).reshape(1)
+    return torch.cat([magnitude, probes[2:], probes[:2]])
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint_probes(m: int, n: int) -> tuple[Tensor, Tensor]:
+    """[p₁; p₂; 1] (3 × m) and [q₁; q₂; 1] (3 × n) in float64, fixed by FINGERPRINT_SEED."""
     generator = torch.Generator().manual_seed(FINGERPRINT_SEED)
     p = torch.randn(2, m, generator=generator, dtype=torch.float64)
     q = torch.randn(2, n, generator=generator, dtype=torch.float64)
-    left = torch.cat([p, torch.ones(1, m, dtype=torch.float64)]).to(device=W.device, dtype=W.dtype)
-    right = torch.cat([q, torch.ones(1, n, dtype=torch.float64)])
-    probes = ((left @ W).to(device="cpu", dtype=torch.float64) * right).sum(dim=1)  # pᵀWq (×2), 1ᵀW1
-    norm = torch.linalg.vector_norm(W).to(device="cpu", dtype=torch.float64).reshape(1)
-    return torch.cat([norm, probes[2:], probes[:2]])
+    return torch.cat([p, torch.ones(1, m, dtype=torch.float64)]), torch.cat([q, torch.ones(1, n, dtype=torch.float64)])
 
 
 def checked_fingerprint(weight: Tensor, what: str = "weight") -> Tensor:
-    """`weight_fingerprint`, refusing inf/NaN: they make ‖W‖_F non-finite, so this is also the finiteness check.
+    """`weight_fingerprint`, refusing inf/NaN: any of them makes ΣW non-finite, so this is also the finiteness check.
 
-    With `pivoted_ldu(..., scale=float(fp[0]))` a LoLDU init reads W twice in all (norm, probes) instead of four
-    times (finiteness, tolerance, norm, probes).
+    With `pivoted_ldu(..., scale=float(fp[0]))` a LoLDU init reads all of W once (the fingerprint's product); the
+    decomposition itself reads only r columns and r rows.
     """
     fp = weight_fingerprint(weight)
     if weight.device.type != "meta" and not bool(torch.isfinite(fp).all()):
         bad = int((~torch.isfinite(weight)).sum())  # only on the error path
         if bad:
             raise ValueError(f"{what} has {bad} non-finite values (inf/NaN); refusing to decompose it")
-        fp = weight_fingerprint(weight.double())  # finite entries whose squares overflowed fp32
+        fp = weight_fingerprint(weight.double())  # finite entries whose sums overflowed fp32
     return fp
 
 
 def fingerprints_match(stored: Tensor, actual: Tensor, rtol: float = 1e-3) -> bool:
-    """Compare fingerprints loosely enough for dtype round-trips, tightly enough to tell two models apart."""
+    """Compare fingerprints loosely enough for dtype round-trips, tightly enough to tell two models apart.
+
+    Only ΣW and the two probes are compared, relative to the magnitude s: entry 0 was the exact ‖W‖_F in adapters
+    saved before the one-read fingerprint (2026-12-02), and those still load.
+    """
     stored, actual = stored.double().cpu(), actual.double().cpu()
     scale = max(float(actual[0]), 1e-12) * (1 + float(actual.numel()))
-    return bool(((stored - actual).abs() <= rtol * scale).all())
+    return bool(((stored[1:] - actual[1:]).abs() <= rtol * scale).all())

@@ -16,6 +16,7 @@ keys, export and descriptors — is derived from the registry, so adding a metho
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import typing
 from collections.abc import Mapping
@@ -39,10 +40,10 @@ class MethodOptions:
     """Base of a method's options: fields with defaults; `metadata={"help": ..., "choices": (...)}` is validated."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        kinds = _option_kinds(type(self))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            _check_type(f.name, value, *option_kind(hints[f.name]))
+            _check_type(f.name, value, *kinds[f.name])
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
@@ -50,6 +51,13 @@ class MethodOptions:
 
     def check(self) -> None:
         """Cross-field validation of a method (override in the method's options)."""
+
+
+@functools.cache
+def _option_kinds(options: type[MethodOptions]) -> dict[str, tuple[type, bool]]:
+    """Each option field's `option_kind`, resolved once per class (type hints are slow to evaluate)."""
+    hints = typing.get_type_hints(options)
+    return {f.name: option_kind(hints[f.name]) for f in dataclasses.fields(options)}
 
 
 def option_kind(hint: Any) -> tuple[type, bool]:

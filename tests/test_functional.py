@@ -263,9 +263,21 @@ def test_fingerprint_equals_its_float64_definition():
     g = torch.Generator().manual_seed(Fn.FINGERPRINT_SEED)
     p = torch.randn(2, 48, generator=g, dtype=torch.float64)
     q = torch.randn(2, 20, generator=g, dtype=torch.float64)
-    want = torch.cat([torch.linalg.norm(W64).reshape(1), W64.sum().reshape(1), ((p @ W64) * q).sum(dim=1)])
+    magnitude = torch.linalg.norm(p @ W64) / 2**0.5
+    want = torch.cat([magnitude.reshape(1), W64.sum().reshape(1), ((p @ W64) * q).sum(dim=1)])
     assert torch.allclose(Fn.weight_fingerprint(W), want, rtol=1e-5, atol=1e-4)
     assert torch.allclose(Fn.weight_fingerprint(W64), want, rtol=1e-12, atol=1e-10)
+
+
+def test_fingerprint_magnitude_estimates_the_frobenius_norm_and_old_fingerprints_still_match():
+    W = _random(768, 768, seed=5, dtype=torch.float32) * 0.02
+    fp = Fn.weight_fingerprint(W)
+    norm = float(torch.linalg.norm(W.double()))
+    assert abs(float(fp[0]) - norm) <= 0.1 * norm  # E s² = ‖W‖²_F; over 768 columns its spread is a few per cent
+    saved_before = fp.clone()
+    saved_before[0] = norm  # adapters saved before the one-read fingerprint stored the exact norm first
+    assert Fn.fingerprints_match(saved_before, fp)
+    assert not Fn.fingerprints_match(saved_before, Fn.weight_fingerprint(-W))
 
 
 def test_randomized_svd_without_oversampling_is_as_accurate_as_torch_svd_lowrank():
