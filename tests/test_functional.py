@@ -34,6 +34,21 @@ def test_truncated_ldu_equals_full_lu_on_first_r_pivots(shape):
     assert (truncated.D < 0).any()
 
 
+def test_truncated_ldu_equals_full_lu_on_rank_deficient_weights():
+    # rank 3, r = 6: pivots 4–6 are round-off (below the tolerance), so they count as zero in both paths
+    W = _random(40, 3, seed=3) @ _random(3, 30, seed=4)
+    truncated = Fn.pivoted_ldu(W, 6, method="truncated", dtype=torch.float64)
+    full = Fn.pivoted_ldu(W, 6, method="full", dtype=torch.float64)
+    for f in (truncated, full):
+        assert torch.isfinite(f.up()).all() and torch.isfinite(f.U).all()
+        assert torch.equal(f.D[3:], torch.ones(3, dtype=torch.float64))
+        assert torch.allclose(f.product(), W, rtol=0, atol=1e-12)
+    assert torch.equal(truncated.perm[:3], full.perm[:3])
+    assert torch.allclose(truncated.up()[:, :3], full.up()[:, :3], rtol=0, atol=1e-12)
+    assert torch.allclose(truncated.D, full.D, rtol=0, atol=1e-12)
+    assert torch.allclose(truncated.U[:3], full.U[:3], rtol=0, atol=1e-12)
+
+
 def test_truncated_ldu_breaks_pivot_ties_like_lapack():
     # ±1 entries: every column search has ties; the left-looking scan must pick LAPACK's row each time.
     g = torch.Generator().manual_seed(0)
