@@ -16,6 +16,7 @@ adapters), the training runs under `runs/`, per-(method, seed) scores under `sco
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
+from ..registry import method_names
+from ..training import cli
+from ..training.flags import setting
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
 from .concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts, is_glyph
 from .render import render
@@ -41,26 +45,42 @@ LEARNED = 0.1  # a single adapter must beat the base model's judged accuracy by 
 PAPER = {"ID + style, upper": (True, True), "ID + style, middle": (True, False), "ID + style, lower": (False, False)}
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    return tuple(cli.methods_list(text))
+
+
+def _method_lrs(text: str) -> tuple[tuple[str, float], ...]:
+    """'svfit=0.2,loldu=5e-3' → (("svfit", 0.2), ("loldu", 0.005)), methods checked against the registry."""
+    pairs = [item.split("=", 1) for item in cli.csv_list(text)]
+    if any(len(pair) != 2 or pair[0] not in method_names() for pair in pairs):
+        raise argparse.ArgumentTypeError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
+    try:
+        return tuple((name, float(value)) for name, value in pairs)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"learning rates must be numbers: {text!r}") from exc
+
+
 @dataclass(frozen=True)
 class AblationSettings:
     """Defaults sized so every registered method × 3 seeds runs in ≤ ~25 min on one CPU thread."""
 
-    methods: tuple[str, ...] | None = None  # None: every registered method
-    seeds: tuple[int, ...] = (0, 1, 2)
-    subject: str = "♣"
-    style: str = "rings"
+    methods: tuple[str, ...] | None = setting(None, "default: every registered method", parse=_methods)
+    seeds: tuple[int, ...] = setting((0, 1, 2), "adapter training seeds")
+    subject: str = setting("♣", "identity concept: a glyph (held out: 2 7 ♣ ♥ Ω § & @)")
+    style: str = setting("rings", "style concept: a background (held out: rings waves grid)")
     identity_token: str = "sks"
     style_token: str = "zwx"
-    steps: int = 200  # identity adapter
-    style_steps: int = 250  # the held-out background came out slower than the glyph in probes
-    lrs: tuple[tuple[str, float], ...] = ()  # (method, lr) pairs that replace the scaled default
+    steps: int = setting(200, "identity adapter optimizer steps")
+    # the held-out background came out slower than the glyph in probes
+    style_steps: int = setting(250, "style adapter optimizer steps")
+    lrs: tuple[tuple[str, float], ...] = setting((), "METHOD=LR,… instead of the registered rates", parse=_method_lrs)
     batch_size: int = 4
-    images: int = 32
-    prompts: int = 8
+    images: int = setting(32, "rendered training images per concept", flag="--num-images")
+    prompts: int = setting(8, "prompts asking for subject + style", flag="--num-prompts")
     sample_seeds: tuple[int, ...] = (0,)
     sample_steps: int = 25
     guidance: float = 4.0
-    references: int = 64
+    references: int = setting(64, "renders per concept for fidelity")
 
     def concepts(self) -> tuple[GlyphConcept, GlyphConcept]:
         return (

@@ -8,18 +8,17 @@ python experiments/sd.py generation-eval --dataset DIR --generator RUN --output-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from typing import Any
 
 from ..training import cli
+from ..training.flags import add_settings_flags, settings_from_args
+from ..training.settings import TrainSettings
 
 
 def _sources(text: str) -> tuple[str, ...]:
     return tuple(cli.csv_list(text))
-
-
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in cli.csv_list(text)]
 
 
 def _features(parser: argparse.ArgumentParser, defaults: bool) -> None:
@@ -33,35 +32,28 @@ def _features(parser: argparse.ArgumentParser, defaults: bool) -> None:
     group.add_argument("--image-encoder", default=None, help="local CLIP vision / DINO checkpoint folder")
 
 
+# train-generator's optimisation defaults (a generator trains far longer and wider batches than an adapter)
+GENERATOR_TRAINING = TrainSettings(
+    steps=3000, batch_size=64, lr=1e-3, warmup=100, eval_every=250, save_every=500, mixed_precision="no"
+)
+GENERATOR_TRAINING_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup", "eval_every", "save_every", "seed")
+
+
 def add_parsers(commands) -> None:
     """Add train-generator, generate-adapter and generation-eval to the SD runner's subcommands."""
-    from ..generation.generator import PREDICTIONS, GeneratorSettings
+    from ..generation.evaluation import EvalSettings
+    from ..generation.generator import GeneratorSettings
 
-    g = GeneratorSettings()
     train = commands.add_parser("train-generator", help="train a weight generator on an adapter data set")
     train.add_argument("--dataset", required=True, help="adapter data set folder (dataset.json, adapters/, ...)")
     train.add_argument("--output-dir", required=True, help="run folder of the generator")
     train.add_argument("--model", default=None, help="base diffusers folder (default: the data set's)")
     _features(train, defaults=True)
-    arch = train.add_argument_group("generator")
-    arch.add_argument("--width", type=int, default=g.width, help="transformer width")
-    arch.add_argument("--depth", type=int, default=g.depth, help="transformer layers")
-    arch.add_argument("--heads", type=int, default=g.heads)
-    arch.add_argument("--latent", type=int, default=g.latent, help="per-layer latent size (PCA) of wide layers")
-    arch.add_argument("--condition-dropout", type=float, default=g.condition_dropout, help="for guidance")
-    arch.add_argument("--prediction", choices=PREDICTIONS, default=g.prediction)
-    arch.add_argument(
-        "--reference-keep", type=float, default=g.reference_keep, help="share of references per training condition"
+    add_settings_flags(
+        train.add_argument_group("generator"), GeneratorSettings, skip=("train_timesteps", "beta_schedule")
     )
     run = train.add_argument_group("training")
-    run.add_argument("--steps", type=int, default=3000)
-    run.add_argument("--batch-size", type=int, default=64)
-    run.add_argument("--lr", type=float, default=1e-3)
-    run.add_argument("--weight-decay", type=float, default=0.01)
-    run.add_argument("--warmup", type=float, default=100)
-    run.add_argument("--eval-every", type=int, default=250)
-    run.add_argument("--save-every", type=int, default=500)
-    run.add_argument("--seed", type=int, default=0)
+    add_settings_flags(run, TrainSettings, defaults=GENERATOR_TRAINING, only=GENERATOR_TRAINING_FLAGS)
     run.add_argument("--resume", action="store_true")
     run.add_argument("--overwrite", action="store_true")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -82,52 +74,26 @@ def add_parsers(commands) -> None:
     evaluate.add_argument("--generator", required=True)
     evaluate.add_argument("--output-dir", required=True, help="report.json, report.md and grid.png go here")
     evaluate.add_argument("--model", default=None, help="base diffusers folder (default: the generator's)")
-    evaluate.add_argument("--seeds", type=_ints, default=[0, 1, 2], help="generator seeds")
-    evaluate.add_argument("--image-seeds", type=_ints, default=[0, 1], help="image sampling seeds")
-    evaluate.add_argument("--guidance", type=float, default=2.0, help="generator guidance")
-    evaluate.add_argument("--image-guidance", type=float, default=4.0, help="image classifier-free guidance")
-    evaluate.add_argument("--sample-steps", type=int, default=25)
-    evaluate.add_argument("--prompt-template", default=None, help="adapter prompt with {background}")
-    evaluate.add_argument("--backgrounds", type=cli.csv_list, default=["plain", "brick"])
-    evaluate.add_argument("--limit", type=int, default=None, help="at most this many held-out subjects")
+    real_sd = ("prompts", "describe", "class_word")
+    add_settings_flags(evaluate, EvalSettings, skip=("shown_references", *real_sd))
     evaluate.add_argument("--judge", default=None, help="judge folder scoring the samples (default: --cache-dir's)")
     evaluate.add_argument("--cache-dir", default="runs/cache")
     evaluate.add_argument("--image-encoder", default=None)
     real = evaluate.add_argument_group("real SD (CLIP / DINO scoring instead of the glyph judge)")
     real.add_argument("--clip", default=None, help="local CLIP folder: CLIP-I and CLIP-T")
     real.add_argument("--dino", default=None, help="local DINO folder: subject fidelity")
-    real.add_argument("--prompts", type=cli.csv_list, default=None, help="prompts holding the subject word")
-    real.add_argument("--describe", default=None, help="words row: the subject in words, replacing the subject word")
-    real.add_argument("--class-word", default=None, help="CLIP-T: the class noun replacing the subject word")
+    add_settings_flags(real, EvalSettings, only=real_sd)
 
 
 def train_generator(args: argparse.Namespace) -> dict[str, Any]:
     from ..generation.generator import GeneratorSettings
     from ..generation.pipeline import FeatureChoice
     from ..generation.pipeline import train_generator as run
-    from ..training.settings import TrainSettings
 
-    settings = GeneratorSettings(
-        width=args.width,
-        depth=args.depth,
-        heads=args.heads,
-        latent=args.latent,
-        condition_dropout=args.condition_dropout,
-        prediction=args.prediction,
-        reference_keep=args.reference_keep,
-    )
-    train = TrainSettings(
-        steps=args.steps,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        warmup=args.warmup,
-        eval_every=min(args.eval_every, args.steps),
-        save_every=args.save_every,
-        seed=args.seed,
-        mixed_precision="no",
-        progress=args.progress,
-    )
+    settings = settings_from_args(GeneratorSettings, args)
+    flags = {name: getattr(args, name) for name in GENERATOR_TRAINING_FLAGS}
+    flags["eval_every"] = min(args.eval_every, args.steps)
+    train = dataclasses.replace(GENERATOR_TRAINING, **flags, progress=args.progress)
     choice = FeatureChoice(tuple(args.features), args.judge, args.cache_dir, args.image_encoder)
     meta = run(
         args.dataset,
@@ -170,19 +136,7 @@ def generate_adapter(args: argparse.Namespace) -> dict[str, Any]:
 def generation_eval(args: argparse.Namespace) -> dict[str, Any]:
     from ..generation.evaluation import EvalSettings, evaluate
 
-    settings = EvalSettings(
-        seeds=tuple(args.seeds),
-        image_seeds=tuple(args.image_seeds),
-        guidance=args.guidance,
-        image_guidance=args.image_guidance,
-        sample_steps=args.sample_steps,
-        prompt_template=args.prompt_template,
-        backgrounds=tuple(args.backgrounds),
-        limit=args.limit,
-        prompts=tuple(args.prompts) if args.prompts else None,
-        describe=args.describe,
-        class_word=args.class_word,
-    )
+    settings = settings_from_args(EvalSettings, args)
     report = evaluate(
         args.dataset,
         args.generator,

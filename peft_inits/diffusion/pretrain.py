@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..training.flags import setting
 from ..training.runner import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from ..training.task import Task
@@ -49,18 +50,19 @@ VAE_KEYS = frozenset(
 class PretrainSettings:
     """Everything that determines the pretrained model (recorded in both runs' config.json)."""
 
-    images: int = 20_000
+    images: int = setting(20_000, "rendered training images")
     validation_images: int = 256
-    vae_steps: int = 1_500
-    unet_steps: int = 3_500
-    batch_size: int = 32  # U-Net
-    vae_batch_size: int = 16  # per sample, batch 16 beat 32 (val MSE 0.107 vs 0.131 after 3,200 images)
+    vae_steps: int = setting(1_500, "VAE optimizer steps (first stage)")
+    unet_steps: int = setting(3_500, "U-Net optimizer steps", flag="--steps")
+    batch_size: int = setting(32, "U-Net batch")
+    # per sample, batch 16 beat 32 (val MSE 0.107 vs 0.131 after 3,200 images)
+    vae_batch_size: int = 16
     vae_lr: float = 2e-3
-    unet_lr: float = 1e-3
-    kl_weight: float = 1e-6
-    vae_channels: tuple[int, ...] = (32, 64, 64)
-    unet_channels: tuple[int, ...] = (64, 64, 128, 128)
-    save_every: int = 250
+    unet_lr: float = setting(1e-3, "U-Net learning rate", flag="--lr")
+    kl_weight: float = setting(1e-6, "VAE KL weight")
+    vae_channels: tuple[int, ...] = setting((32, 64, 64), "VAE channels per level (each level halves the size)")
+    unet_channels: tuple[int, ...] = setting((64, 64, 128, 128), "U-Net channels per level (SD-1.5's block layout)")
+    save_every: int = setting(250, "checkpoint period in steps")
     eval_every: int = 250
     seed: int = 0
 

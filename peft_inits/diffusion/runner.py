@@ -34,6 +34,7 @@ from ..atomic import atomic_write
 from ..export import LAYOUTS, export_diffusers_lora, export_kohya, export_peft_lora
 from ..registry import method_names
 from ..training import cli
+from ..training.flags import add_settings_flags, settings_from_args
 from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
 from . import adapter_dataset, style_descriptors
@@ -218,7 +219,6 @@ def _ablation_parser(commands) -> None:
     """`ablation`: the Block-wise LoRA ablation for every method × seed on the shipped glyph model (see .ablation)."""
     from .ablation import AblationSettings
 
-    d = AblationSettings()
     ablation = commands.add_parser(
         "ablation",
         help="Block-wise LoRA ablation: methods × seeds, table + grid + JSON",
@@ -226,24 +226,7 @@ def _ablation_parser(commands) -> None:
     )
     _model_arg(ablation)
     ablation.add_argument("--output-dir", default="runs/ablation", help="runs, table.md, ablation.json, grid.png")
-    ablation.add_argument("--methods", type=cli.methods_list, default=None, help="default: every registered method")
-    ablation.add_argument("--seeds", type=_int_list, default=list(d.seeds), help="adapter training seeds")
-    ablation.add_argument("--subject", default=d.subject, help="identity concept: a glyph (held out: 2 7 ♣ ♥ Ω § & @)")
-    ablation.add_argument("--style", default=d.style, help="style concept: a background (held out: rings waves grid)")
-    ablation.add_argument("--identity-token", default=d.identity_token)
-    ablation.add_argument("--style-token", default=d.style_token)
-    ablation.add_argument("--steps", type=int, default=d.steps, help="identity adapter optimizer steps")
-    ablation.add_argument("--style-steps", type=int, default=d.style_steps, help="style adapter optimizer steps")
-    ablation.add_argument(
-        "--lrs", type=_method_lrs, default=list(d.lrs), help="METHOD=LR,… instead of the registered rates"
-    )
-    ablation.add_argument("--batch-size", type=int, default=d.batch_size)
-    ablation.add_argument("--num-images", type=int, default=d.images, help="rendered training images per concept")
-    ablation.add_argument("--num-prompts", type=int, default=d.prompts, help="prompts asking for subject + style")
-    ablation.add_argument("--sample-seeds", type=_int_list, default=list(d.sample_seeds))
-    ablation.add_argument("--sample-steps", type=int, default=d.sample_steps)
-    ablation.add_argument("--guidance", type=float, default=d.guidance)
-    ablation.add_argument("--references", type=int, default=d.references, help="renders per concept for fidelity")
+    add_settings_flags(ablation, AblationSettings)
     ablation.add_argument("--judge", default=None, help="glyph-world judge folder (default: the cached one)")
     ablation.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bars")
 
@@ -259,19 +242,9 @@ def _pretrain_parser(commands) -> None:
     """`pretrain`: the glyph-world text-to-image model (VAE, then an SD-1.5-shaped U-Net; see .pretrain)."""
     from .pretrain import PretrainSettings
 
-    d = PretrainSettings()
     pretrain = commands.add_parser("pretrain", help="pretrain the glyph-world text-to-image model (resumable)")
     pretrain.add_argument("--output-dir", default="runs/t2i-pretrain", help="run folder; model in <dir>/model")
-    pretrain.add_argument("--steps", type=int, default=d.unet_steps, help="U-Net optimizer steps")
-    pretrain.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE optimizer steps (first stage)")
-    pretrain.add_argument("--images", type=int, default=d.images, help="rendered training images")
-    pretrain.add_argument("--batch-size", type=int, default=d.batch_size, help="U-Net batch")
-    pretrain.add_argument("--vae-batch-size", type=int, default=d.vae_batch_size)
-    pretrain.add_argument("--lr", type=float, default=d.unet_lr, help="U-Net learning rate")
-    pretrain.add_argument("--vae-lr", type=float, default=d.vae_lr)
-    pretrain.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period in steps")
-    pretrain.add_argument("--eval-every", type=int, default=d.eval_every)
-    pretrain.add_argument("--seed", type=int, default=d.seed)
+    add_settings_flags(pretrain, PretrainSettings)
     pretrain.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     pretrain.add_argument("--resume", action="store_true", help="continue the run in --output-dir")
     pretrain.add_argument("--overwrite", action="store_true", help="replace an existing run in --output-dir")
@@ -321,16 +294,6 @@ def _sample_args(parser: argparse.ArgumentParser, prompts_required: bool) -> Non
     group.add_argument("--seeds", type=_int_list, default=None, help="default: 0,1 (glyph model), 0,1,2 (others)")
     group.add_argument("--sample-steps", type=int, default=DEFAULT_STEPS)
     group.add_argument("--guidance", type=float, default=None, help="CFG scale; default 4 (glyph model), 7 (others)")
-
-
-def _method_lrs(text: str) -> list[tuple[str, float]]:
-    pairs = [item.split("=", 1) for item in cli.csv_list(text)]
-    if any(len(pair) != 2 or pair[0] not in method_names() for pair in pairs):
-        raise argparse.ArgumentTypeError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
-    try:
-        return [(name, float(value)) for name, value in pairs]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"learning rates must be numbers: {text!r}") from exc
 
 
 def _int_list(text: str) -> list[int]:
@@ -471,14 +434,7 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     """Every method × seed: identity + style adapters, the six placements applied and merged, table + grid + JSON."""
     from .ablation import AblationSettings, run_ablation
 
-    settings = AblationSettings(
-        methods=tuple(args.methods) if args.methods else None, seeds=tuple(args.seeds), subject=args.subject,
-        style=args.style, identity_token=args.identity_token, style_token=args.style_token, steps=args.steps,
-        style_steps=args.style_steps, lrs=tuple(args.lrs),
-        batch_size=args.batch_size, images=args.num_images, prompts=args.num_prompts,
-        sample_seeds=tuple(args.sample_seeds), sample_steps=args.sample_steps, guidance=args.guidance,
-        references=args.references,
-    )  # fmt: skip
+    settings = settings_from_args(AblationSettings, args)
     report = run_ablation(
         settings, args.output_dir, model=args.model, cache_dir=args.cache_dir, judge=args.judge, progress=args.progress
     )
@@ -510,18 +466,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    settings = PretrainSettings(
-        images=args.images,
-        vae_steps=args.vae_steps,
-        unet_steps=args.steps,
-        batch_size=args.batch_size,
-        vae_batch_size=args.vae_batch_size,
-        vae_lr=args.vae_lr,
-        unet_lr=args.lr,
-        save_every=args.save_every,
-        eval_every=args.eval_every,
-        seed=args.seed,
-    )
+    settings = settings_from_args(PretrainSettings, args)
     summary = run_pretrain(
         args.output_dir, settings, resume=args.resume, overwrite=args.overwrite, progress=args.progress
     )

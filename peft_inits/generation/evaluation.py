@@ -33,6 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..training.flags import setting
 from . import features as feats
 from .entries import Entry, read_dataset
 from .pipeline import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
@@ -42,20 +43,20 @@ ROWS = ("generated", "trained", "retrieval", "words", "none")
 
 @dataclass(frozen=True)
 class EvalSettings:
-    seeds: tuple[int, ...] = (0, 1, 2)
-    image_seeds: tuple[int, ...] = (0, 1)
-    guidance: float = 2.0
-    image_guidance: float = 4.0
+    seeds: tuple[int, ...] = setting((0, 1, 2), "generator seeds")
+    image_seeds: tuple[int, ...] = setting((0, 1), "image sampling seeds")
+    guidance: float = setting(2.0, "generator guidance")
+    image_guidance: float = setting(4.0, "image classifier-free guidance")
     sample_steps: int = 25
-    prompt_template: str | None = None
+    prompt_template: str | None = setting(None, "adapter prompt with {background}")
     backgrounds: tuple[str, ...] = ("plain", "brick")
-    limit: int | None = None
+    limit: int | None = setting(None, "at most this many held-out subjects")
     shown_references: int = 4
-    prompts: tuple[str, ...] | None = (
-        None  # real SD: explicit prompts holding the subject word (instead of backgrounds)
+    prompts: tuple[str, ...] | None = setting(None, "real SD: prompts holding the subject word (not backgrounds)")
+    describe: str | None = setting(
+        None, "words row: the subject in words, replacing the subject word (default: the judge's caption)"
     )
-    describe: str | None = None  # the words row: these words replace the subject word (default: the judge's caption)
-    class_word: str | None = None  # CLIP-T: the subject word is replaced by this class noun (DreamBooth's protocol)
+    class_word: str | None = setting(None, "CLIP-T: the class noun replacing the subject word (DreamBooth's protocol)")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:

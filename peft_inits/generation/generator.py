@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..training.flags import setting
 from ..training.task import Task
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -29,13 +30,15 @@ PREDICTIONS = ("epsilon", "sample", "v_prediction")
 class GeneratorSettings:
     """Architecture and diffusion of the generator (recorded with it; a resumed run must keep them)."""
 
-    width: int = 128
-    depth: int = 4
+    width: int = setting(128, "transformer width")
+    depth: int = setting(4, "transformer layers")
     heads: int = 4
-    latent: int = 16  # per-layer latent size for layers wider than this (PCA)
-    condition_dropout: float = 0.1
-    reference_keep: float = 0.7  # each reference image joins a training condition with this probability (≥ 1 does)
-    prediction: str = "epsilon"
+    latent: int = setting(16, "per-layer latent size (PCA) of layers wider than this")
+    condition_dropout: float = setting(0.1, "probability of the null condition in training (for guidance)")
+    reference_keep: float = setting(
+        0.7, "each reference image joins a training condition with this probability (at least one does)"
+    )
+    prediction: str = setting("epsilon", choices=PREDICTIONS)
     train_timesteps: int = 1000
     beta_schedule: str = "squaredcos_cap_v2"
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .configfile import read_config_file
+from .flags import add_settings_flags, settings_from_args
 from .options import add_option_flags, check_applicable, options_from_args
 from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_rank
 
@@ -83,24 +84,9 @@ def add_adapter_args(
 def add_train_args(
     parser: argparse.ArgumentParser, defaults: TrainSettings | None = None, *, head: bool = True
 ) -> None:
-    d = defaults or TrainSettings()
-    group = parser.add_argument_group("training")
-    group.add_argument("--steps", type=int, default=d.steps, help="optimizer steps (default: %(default)s)")
-    group.add_argument("--batch-size", type=int, default=d.batch_size, help="per process (default: %(default)s)")
-    group.add_argument(
-        "--lr", type=float, default=d.lr, help="adapter (body, for full) learning rate (default: the method's)"
-    )
-    if head:
-        group.add_argument("--head-lr", type=float, default=d.head_lr, help="classification head learning rate")
-    group.add_argument("--weight-decay", type=float, default=d.weight_decay, help="on matrices only")
-    group.add_argument("--warmup", type=float, default=d.warmup, help="fraction of steps (<1) or steps (>=1)")
-    group.add_argument("--max-grad-norm", type=float, default=d.max_grad_norm, help="0 disables clipping")
-    group.add_argument("--eval-every", type=int, default=d.eval_every)
-    group.add_argument("--eval-at-start", action=argparse.BooleanOptionalAction, default=d.eval_at_start)
-    group.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    group.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint period (0: none)")
-    group.add_argument("--seed", type=int, default=d.seed)
-    group.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=d.mixed_precision)
+    """The `TrainSettings` flags (`--progress` comes with the run flags; `--head-lr` only where there is a head)."""
+    skip = ("progress",) if head else ("progress", "head_lr")
+    add_settings_flags(parser.add_argument_group("training"), TrainSettings, defaults=defaults, skip=skip)
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
@@ -157,25 +143,10 @@ def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettin
 
 
 def train_settings(args: argparse.Namespace, **override: Any) -> TrainSettings:
-    """TrainSettings from parsed options (`override` wins)."""
-    fields = {
-        "steps": args.steps,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "head_lr": getattr(args, "head_lr", 0.0),
-        "weight_decay": args.weight_decay,
-        "warmup": args.warmup,
-        "max_grad_norm": args.max_grad_norm,
-        "eval_every": args.eval_every,
-        "eval_at_start": args.eval_at_start,
-        "eval_batch_size": args.eval_batch_size,
-        "save_every": args.save_every,
-        "seed": args.seed,
-        "mixed_precision": args.mixed_precision,
-        "progress": args.progress,
-    }
-    fields.update(override)
-    return TrainSettings(**fields)
+    """TrainSettings from parsed options (`override` wins); without a `--head-lr` flag there is no head to train."""
+    if not hasattr(args, "head_lr"):
+        override.setdefault("head_lr", 0.0)
+    return settings_from_args(TrainSettings, args, **override)
 
 
 def run_script(

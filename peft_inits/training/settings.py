@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import Rank, get_method, method_names
+from .flags import setting
 
 TASK_FAMILY = "classifier"
 
@@ -112,20 +113,24 @@ class AdapterSettings:
 class TrainSettings:
     """The optimisation budget and schedule; identical across methods in a comparison except the learning rate."""
 
-    steps: int = 200
-    batch_size: int = 16
-    lr: float | None = None  # adapter (or body, for full) learning rate; None → the method's default
-    head_lr: float = 2e-3
-    weight_decay: float = 0.01  # matrices only; adapter vectors (s, z), biases and norms are never decayed
-    warmup: float = 0.1  # fraction of steps (< 1) or a number of steps (>= 1)
-    max_grad_norm: float = 1.0  # 0 disables clipping
+    steps: int = setting(200, "optimizer steps (default: %(default)s)")
+    batch_size: int = setting(16, "per process (default: %(default)s)")
+    lr: float | None = setting(None, "learning rate (of the adapter; the body, for full); unset: the method's default")
+    head_lr: float = setting(2e-3, "classification head learning rate")
+    weight_decay: float = setting(0.01, "on matrices only; adapter vectors (s, z), biases and norms never decay")
+    warmup: float = setting(0.1, "fraction of steps (< 1) or a number of steps (>= 1)")
+    max_grad_norm: float = setting(1.0, "0 disables clipping")
     eval_every: int = 25
     eval_at_start: bool = True
-    save_every: int = 0  # checkpoint period in steps (0: no intermediate checkpoint)
+    save_every: int = setting(0, "checkpoint period in steps (0: no intermediate checkpoint)")
     seed: int = 0
-    mixed_precision: str = "auto"  # auto (bf16 on a GPU that has it, else fp16 on GPU, none on CPU) | no | bf16 | fp16
+    mixed_precision: str = setting(
+        "auto",
+        "auto: bf16 on a GPU that has it, else fp16 on GPU, none on CPU",
+        choices=("auto", "no", "bf16", "fp16"),
+    )
     eval_batch_size: int = 64
-    progress: bool = True
+    progress: bool = setting(True, "tqdm bars")
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "eval_every", "eval_batch_size"):
