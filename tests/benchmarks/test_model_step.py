@@ -1,5 +1,5 @@
 """Model-level training step and its memory: a RoBERTa-base-sized encoder, a MiniLM-shaped BERT at the `compare`
-setting (q,v, batch 16×128, r = 8 and full rank 384) — random weights, built from their configs — and the tiny
+setting (q,v, batch 16×128, r = 8, 64 and full rank 384) — random weights, built from their configs — and the tiny
 SD-shaped UNet, every adapter method and path against the frozen model and PEFT LoRA.
 
 The frozen model's step is forward + backward down to grad-requiring inputs (input embeddings / the noisy
@@ -64,6 +64,7 @@ def _variants(model: str) -> list[Variant]:
         out = [Variant("frozen")]
         out += [Variant(f"{a}_qv", a, "qv") for a in ("peft_lora", "lora", "svfit", "loldu")]
         for adapter in ("svfit", "loldu"):
+            out.append(Variant(f"{adapter}_qv_r64", adapter, "qv", r=64))
             out.append(Variant(f"{adapter}_qv_r384", adapter, "qv", r=384))
             out.append(Variant(f"{adapter}_qv_r384_factored", adapter, "qv", "factored", r=384))
         out.append(Variant("loldu_qv_r384_merged", "loldu", "qv", "merged", r=384))
