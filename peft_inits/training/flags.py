@@ -24,7 +24,7 @@ def setting(default: Any, help: str | None = None, **metadata: Any) -> Any:
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
 
 
-def flag_name(field: dataclasses.Field) -> str:
+def _flag_name(field: dataclasses.Field) -> str:
     return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
 
 
@@ -44,7 +44,7 @@ def add_settings_flags(
         kind, parse = _parser(settings, field)
         if kind is bool:
             parser.add_argument(
-                flag_name(field),
+                _flag_name(field),
                 dest=field.name,
                 action=argparse.BooleanOptionalAction,
                 default=default,
@@ -52,7 +52,7 @@ def add_settings_flags(
             )
             continue
         parser.add_argument(
-            flag_name(field),
+            _flag_name(field),
             dest=field.name,
             type=parse,
             default=default,
@@ -62,14 +62,10 @@ def add_settings_flags(
         )
 
 
-def settings_from_args(
-    settings: type[Settings], args: argparse.Namespace, *, skip: Iterable[str] = (), **override: Any
-) -> Settings:
+def settings_from_args(settings: type[Settings], args: argparse.Namespace, **override: Any) -> Settings:
     """The dataclass from the flags `add_settings_flags` added (fields without a flag keep their default;
     `override` wins)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if hasattr(args, f.name)}
-    for name in skip:
-        values.pop(name, None)
     values.update(override)
     return settings(**values)
 
