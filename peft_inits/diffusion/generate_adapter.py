@@ -8,7 +8,6 @@ python experiments/sd.py generation-eval --dataset DIR --generator RUN --output-
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from typing import Any
 
@@ -91,9 +90,12 @@ def train_generator(args: argparse.Namespace) -> dict[str, Any]:
     from ..generation.pipeline import train_generator as run
 
     settings = settings_from_args(GeneratorSettings, args)
-    flags = {name: getattr(args, name) for name in GENERATOR_TRAINING_FLAGS}
-    flags["eval_every"] = min(args.eval_every, args.steps)
-    train = dataclasses.replace(GENERATOR_TRAINING, **flags, progress=args.progress)
+    train = settings_from_args(
+        TrainSettings,
+        args,
+        eval_every=min(args.eval_every, args.steps),
+        mixed_precision=GENERATOR_TRAINING.mixed_precision,
+    )
     choice = FeatureChoice(tuple(args.features), args.judge, args.cache_dir, args.image_encoder)
     meta = run(
         args.dataset,
