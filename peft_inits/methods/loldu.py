@@ -76,7 +76,7 @@ class LoLDUWeights(DecomposedWeights):
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
         options: LoLDUOptions = spec.options
-        fingerprint = Fn.checked_fingerprint(weight, "base weight")  # its ‖W‖ scales the pivot tolerance: 2 reads of W
+        fingerprint = Fn.checked_fingerprint(weight, "base weight")  # one read of W; its ‖W‖ estimate: the tolerance
         f = Fn.pivoted_ldu(
             weight,
             spec.r,
