@@ -173,12 +173,17 @@ def pivot_tolerance(W: Tensor) -> float:
 def _finish(perm: Tensor, L: Tensor, packed: Tensor, tol: float, col_perm: Tensor | None = None) -> LDUFactors:
     """(perm, L, D, U) from unit-lower L and the r eliminated rows `packed` (pivot on the diagonal), kept finite.
 
-    A pivot |d| ≤ tol cannot be divided out without blowing U up, so it is taken as 1 and U keeps the residual row:
-    D_k · U_k still equals the eliminated row exactly, and no inf/NaN can appear.
+    A pivot |d| ≤ tol is taken as 1 and U keeps the residual row: D_k · U_k still equals the eliminated row exactly
+    and no inf/NaN can appear. `tol=0` keeps every pivot whose division stays finite (LAPACK's own factors).
     """
     D = torch.diagonal(packed).clone()
     D[D.abs() <= tol] = 1.0
-    return LDUFactors(perm=perm, L=L, D=D, U=packed / D[:, None], col_perm=col_perm)
+    U = packed / D[:, None]
+    overflow = ~torch.isfinite(U).all(dim=1)
+    if bool(overflow.any()):  # an exact zero, or a pivot too small to divide by in this dtype
+        D[overflow] = 1.0
+        U = packed / D[:, None]
+    return LDUFactors(perm=perm, L=L, D=D, U=U, col_perm=col_perm)
 
 
 def _full_order(taken: list[int], size: int, device: torch.device) -> Tensor:
@@ -199,11 +204,17 @@ def panel_is_cheaper(r: int, m: int, n: int) -> bool:
     return m * r * r - r**3 / 3 + r * r * n < m * n * k - k**3 / 3
 
 
-def _partial_lapack(W: Tensor, r: int, tol: float) -> LDUFactors:
-    LU, pivots, _ = torch.linalg.lu_factor_ex(W)  # singular W is fine: tiny pivots are handled in _finish
+def _partial_lapack(W: Tensor, r: int) -> LDUFactors:
+    """The official code's factors: `torch.linalg.lu` of all of W, its first r pivots as LAPACK left them.
+
+    On a W of numerical rank below r the pivots past the rank are rounding noise, and so are the L columns and U rows
+    divided by them; they are kept as they are (official parity, DESIGN.md §1), only a division that would overflow
+    (an exact zero pivot: NaN in the official code) takes the pivot as 1.
+    """
+    LU, pivots, _ = torch.linalg.lu_factor_ex(W)
     m = LU.shape[0]
     L = torch.tril(LU[:, :r], diagonal=-1) + torch.eye(m, r, dtype=LU.dtype, device=LU.device)
-    return _finish(_swaps_to_order(pivots, m), L, torch.triu(LU[:r, :]), tol)
+    return _finish(_swaps_to_order(pivots, m), L, torch.triu(LU[:r, :]), tol=0.0)
 
 
 def _partial_panel(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFactors:
@@ -212,9 +223,13 @@ def _partial_panel(W: Tensor, r: int, tol: float, dtype: torch.dtype) -> LDUFact
     The first r columns decide the first r pivots and P·L_r (the panel's own LU, the step a blocked LU begins with);
     the eliminated rows D_r·U_r are the r pivot rows of W with the earlier steps removed, L₁₁⁻¹·W[pivots, :] for the
     unit-lower r × r block L₁₁ of L_r. Same LAPACK call on the same columns, so the same pivots as `_partial_lapack`.
+    A pivot ≤ tol means W's rank is below r: past it the factors are rounding noise, which only the official
+    computation reproduces, so that case is handed to `_partial_lapack`.
     """
     m = W.shape[0]
     LU, pivots, _ = torch.linalg.lu_factor_ex(W[:, :r].to(dtype))
+    if bool((LU.diagonal().abs() <= tol).any()):
+        return _partial_lapack(W.to(dtype), r)
     order = _swaps_to_order(pivots, m)
     L = torch.tril(LU, diagonal=-1)
     L.diagonal().fill_(1.0)
@@ -362,7 +377,7 @@ def pivoted_ldu(
     elif pivoting == "rook":
         f = _rook_crout(W, steps, tol, dtype)
     elif method == "full" or (method == "auto" and not panel_is_cheaper(r, m, n)):
-        return _partial_lapack(W.to(dtype), r, tol)
+        return _partial_lapack(W.to(dtype), r)
     else:
         return _partial_panel(W, r, tol, dtype)
     if steps == r:

@@ -6,6 +6,7 @@ import pytest
 import torch
 from model_cases import MLP
 from peft import PeftModel, get_peft_model
+from torch import nn
 
 from peft_inits import LoLDUConfig, SVFitConfig
 from peft_inits import functional as Fn
@@ -82,6 +83,27 @@ def test_loldu_z_init_matches_the_official_semantics(init):
         adapter.z.add_(torch.linspace(-0.3, 0.4, 4))
     trained = W.double() + layer.get_delta_weight("default").double()
     assert torch.allclose(trained, _official_loldu_weight(W, 4, 2.0, z0, adapter.z.detach(), init), atol=1e-5)
+
+
+def test_loldu_follows_the_official_formula_on_a_rank_deficient_weight():
+    """Rank 12 < r = 16: the pivots past the rank are round-off, and so are the L columns and U rows divided by them;
+    after any z the merged weight is still the official W + σ·P·L_r·diag(z − D_r)·U_r (full LU, partial pivoting)."""
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 12, generator=g) @ torch.randn(12, 48, generator=g)
+    layer = nn.Linear(48, 64, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(W)
+    model = get_peft_model(nn.Sequential(layer), LoLDUConfig(r=16, z_init="lu", target_modules=["0"]))
+    adapted = model.base_model.model[0]
+    z = adapted.adapter("default").z
+    with torch.no_grad():
+        z.add_(torch.randn(16, generator=g) * 0.5)
+    P, L, U = torch.linalg.lu(W)
+    D = torch.diagonal(U)[:16]
+    official = W + (P @ L[:, :16]) @ torch.diag(z.detach() - D) @ (U[:16] / D[:, None])
+    assert (D[12:].abs() < 1e-4 * D[:12].abs().min()).all()  # the case the test is about: round-off pivots
+    merged = W + adapted.get_delta_weight("default")
+    assert torch.allclose(merged, official, rtol=0, atol=1e-5 * float(official.abs().max()))
 
 
 def test_loldu_normal_init_at_rank_one_is_finite():
