@@ -24,7 +24,7 @@ from .registry import MethodOptions, get_method
 RANDOM_INIT_SEED_OFFSET = 1_000_003  # init_weights=False draws from a stream apart from the method's own seed
 DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # Relative tolerance of a saved reference (σ_r, D_r) against its recomputed value, by the coarser of the dtypes
-# involved (the saved tensor's and the base weight's): decomposition noise in fp32, rounding of the weights or of
+# involved (the saved tensor's, the base weight's now and when it was saved): decomposition noise in fp32, rounding of the weights or of
 # the saved values in half precision.
 REFERENCE_RTOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 _ALLOW_OTHER_BASE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_other_base", default=False)
@@ -45,6 +45,14 @@ def allow_other_base() -> Iterator[None]:
 
 def reference_rtol(*dtypes: torch.dtype) -> float:
     return max(REFERENCE_RTOL.get(dtype, 1e-3) for dtype in dtypes)
+
+
+def saved_base_dtype(fingerprint: Tensor) -> tuple[torch.dtype, ...]:
+    """The dtype of the base weight a saved adapter was made on, from its fingerprint's roundoff ((): not recorded)."""
+    values = _fingerprint_values(fingerprint)
+    if values.numel() < 5:
+        return ()
+    return tuple(d for d in REFERENCE_RTOL if Fn.unit_roundoff(d) == float(values[4]))
 
 
 @dataclass(frozen=True)
@@ -135,7 +143,7 @@ class AdapterWeights(nn.Module):
 
     def _fingerprint_matches(self, saved: Tensor) -> bool:
         stored = _fingerprint_values(saved)
-        return stored.shape == (4,) and Fn.fingerprints_match(stored, self._own_fingerprint.view(torch.float64))
+        return stored.shape in FINGERPRINT_SHAPES and Fn.fingerprints_match(stored, self._own_fingerprint.view(torch.float64))
 
     def _other_base_error(self, what: str, saved: Tensor) -> ValueError:
         return ValueError(
@@ -210,6 +218,9 @@ class AdapterWeights(nn.Module):
         return f"method={self.method}, r={self.r}, scale={self.scale:g}"
 
 
+FINGERPRINT_SHAPES = ((4,), (5,))  # 4: saved before the weight's roundoff was recorded (2026-12-05)
+
+
 def _fingerprint_values(saved: Tensor) -> Tensor:
     """A stored fingerprint as float64 values (saved as the int64 bit pattern, or as floats by other writers)."""
     saved = saved.detach()
@@ -253,7 +264,8 @@ class DecomposedWeights(AdapterWeights):
             return commit
         repinned = None if weight is None else self.repin(state, weight)
         ref = own_ref if repinned is None else repinned[self.reference_name]
-        rtol = reference_rtol(saved_ref.dtype, *(() if weight is None else (weight.dtype,)))
+        dtypes = [saved_ref.dtype, *saved_base_dtype(state["fingerprint"]), *(() if weight is None else (weight.dtype,))]
+        rtol = reference_rtol(*dtypes)
         tol = rtol * float(ref.abs().max().clamp_min(1e-12))
         if not torch.allclose(saved_ref.to(ref), ref, rtol=rtol, atol=tol):
             raise ValueError(

@@ -492,22 +492,29 @@ def lora_pair(down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> tu
 
 
 def weight_fingerprint(weight: Tensor) -> Tensor:
-    """Four float64 numbers that identify a base weight, from one read of W: a magnitude s, ΣW and two bilinear
-    probes pᵀWq with fixed random p, q.
+    """Five float64 numbers that identify a base weight, from one read of W: a magnitude s, ΣW, two bilinear probes
+    pᵀWq with fixed random p, q, and the unit roundoff of the weight's dtype.
 
-    All four come from one 3 × m by m × n product V = [p₁; p₂; 1]ᵀ·W on the weight's device (no W-sized temporary):
-    ΣW = V₃·1, pᵢᵀWqᵢ = Vᵢ·qᵢ and s = ‖V₁,₂‖_F / √2, whose square is an unbiased estimate of ‖W‖²_F — a scale for
-    tolerances, not an identity (`fingerprints_match` compares the other three). fp16/bf16 weights are read as fp32.
-    Stored next to SVFit/LoLDU gains so that an adapter loaded onto another base model is refused.
+    The first four come from one 3 × m by m × n product V = [p₁; p₂; 1]ᵀ·W on the weight's device (no W-sized
+    temporary): ΣW = V₃·1, pᵢᵀWqᵢ = Vᵢ·qᵢ and s = ‖V₁,₂‖_F / √2, whose square is an unbiased estimate of ‖W‖²_F.
+    The roundoff says how precisely W was known, so that `fingerprints_match` can accept a rounded copy (fp32 ↔ bf16 ↔
+    fp16). fp16/bf16 weights are read as fp32. Stored next to every adapter so that one loaded onto another base
+    model is refused.
     """
     W = weight_matrix(weight.detach())
+    roundoff = unit_roundoff(W.dtype)
     if W.dtype not in (torch.float32, torch.float64):
         W = W.float()
     left, right = _fingerprint_probes(*W.shape)
     projected = (left.to(device=W.device, dtype=W.dtype) @ W).to(device="cpu", dtype=torch.float64)
     probes = (projected * right).sum(dim=1)  # p₁ᵀWq₁, p₂ᵀWq₂, 1ᵀW1
     magnitude = torch.linalg.vector_norm(projected[:2]).div(math.sqrt(2.0)).reshape(1)
-    return torch.cat([magnitude, probes[2:], probes[:2]])
+    return torch.cat([magnitude, probes[2:], probes[:2], torch.tensor([roundoff], dtype=torch.float64)])
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u = 2^-(mantissa bits + 1): rounding to `dtype` moves a value w by at most u·|w| (2⁻⁸ bf16, 2⁻¹¹ fp16)."""
+    return torch.finfo(dtype).eps / 2
 
 
 @functools.lru_cache(maxsize=64)
@@ -531,15 +538,31 @@ def checked_fingerprint(weight: Tensor, what: str = "weight") -> Tensor:
         if bad:
             raise ValueError(f"{what} has {bad} non-finite values (inf/NaN); refusing to decompose it")
         fp = weight_fingerprint(weight.double())  # finite entries whose sums overflowed fp32
+        fp[4] = unit_roundoff(weight.dtype)
     return fp
 
 
-def fingerprints_match(stored: Tensor, actual: Tensor, rtol: float = 1e-3) -> bool:
-    """Compare fingerprints loosely enough for dtype round-trips, tightly enough to tell two models apart.
+# A probe's change under rounding, pᵀEq for the rounding error E (|E_ij| ≤ u·|W_ij|), has standard deviation
+# ‖E‖_F ≤ u·‖W‖_F over the random probe vectors whatever the structure of E; K of them is the tolerance (the worst
+# seen here on 768² to 3072 × 768 weights, bf16 and fp16 copies, was 1.7·u·s).
+PROBE_TOLERANCE_SIGMAS = 8.0
+# fp32 matmuls may run as TF32 on GPUs (10-bit mantissa): no fingerprint is trusted below fp16's roundoff.
+MIN_FINGERPRINT_ROUNDOFF = 2.0**-11
+# Adapters saved before the roundoff was recorded (4 entries) may come from any dtype: assume the coarsest.
+LEGACY_FINGERPRINT_ROUNDOFF = 2.0**-8
 
-    Only ΣW and the two probes are compared, relative to the magnitude s: entry 0 was the exact ‖W‖_F in adapters
-    saved before the one-read fingerprint (2026-12-02), and those still load.
+
+def fingerprints_match(stored: Tensor, actual: Tensor) -> bool:
+    """Whether two fingerprints can come from one base weight, rounded to either's dtype.
+
+    The two random probes are compared within K·u·s (`PROBE_TOLERANCE_SIGMAS`), u the coarser roundoff of the two
+    weights and s the magnitude: rounding moves a probe by the magnitude of its terms, not of its value. ΣW is not
+    compared: its rounding error is up to u·Σ|W| ≈ u·√(mn)·‖W‖_F, larger than ‖W‖_F itself for a big bf16 matrix, so it
+    could not tell bases apart there; it stays the finiteness check. Entry 0 was the exact ‖W‖_F in adapters saved
+    before the one-read fingerprint (2026-12-02), and those still load.
     """
     stored, actual = stored.double().cpu(), actual.double().cpu()
-    scale = max(float(actual[0]), 1e-12) * (1 + float(actual.numel()))
-    return bool(((stored[1:] - actual[1:]).abs() <= rtol * scale).all())
+    roundoffs = [float(f[4]) if f.numel() > 4 else LEGACY_FINGERPRINT_ROUNDOFF for f in (stored, actual)]
+    roundoff = max(*roundoffs, MIN_FINGERPRINT_ROUNDOFF)
+    tolerance = PROBE_TOLERANCE_SIGMAS * roundoff * max(float(actual[0]), 1e-12)
+    return bool(((stored[2:4] - actual[2:4]).abs() <= tolerance).all())
