@@ -23,9 +23,9 @@ from .registry import MethodOptions, get_method
 
 RANDOM_INIT_SEED_OFFSET = 1_000_003  # init_weights=False draws from a stream apart from the method's own seed
 DECOMPOSE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Relative tolerance of a saved reference (σ_r, D_r) against its recomputed value, by the coarser of the dtypes
-# involved (the saved tensor's, the base weight's now and when it was saved): decomposition noise in fp32, rounding of the weights or of
-# the saved values in half precision.
+# Relative tolerance of a saved reference (σ_r, D_r) against its recomputed value, by the coarsest of the dtypes
+# involved (the saved tensor's, the base weight's now and when it was saved): decomposition noise in fp32, rounding
+# of the weights or of the saved values in half precision.
 REFERENCE_RTOL = {torch.float64: 1e-3, torch.float32: 1e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 _ALLOW_OTHER_BASE: contextvars.ContextVar[bool] = contextvars.ContextVar("allow_other_base", default=False)
 
@@ -143,7 +143,8 @@ class AdapterWeights(nn.Module):
 
     def _fingerprint_matches(self, saved: Tensor) -> bool:
         stored = _fingerprint_values(saved)
-        return stored.shape in FINGERPRINT_SHAPES and Fn.fingerprints_match(stored, self._own_fingerprint.view(torch.float64))
+        own = self._own_fingerprint.view(torch.float64)
+        return stored.shape in FINGERPRINT_SHAPES and Fn.fingerprints_match(stored, own)
 
     def _other_base_error(self, what: str, saved: Tensor) -> ValueError:
         return ValueError(
@@ -264,8 +265,8 @@ class DecomposedWeights(AdapterWeights):
             return commit
         repinned = None if weight is None else self.repin(state, weight)
         ref = own_ref if repinned is None else repinned[self.reference_name]
-        dtypes = [saved_ref.dtype, *saved_base_dtype(state["fingerprint"]), *(() if weight is None else (weight.dtype,))]
-        rtol = reference_rtol(*dtypes)
+        base_dtypes = saved_base_dtype(state["fingerprint"]) + (() if weight is None else (weight.dtype,))
+        rtol = reference_rtol(saved_ref.dtype, *base_dtypes)
         tol = rtol * float(ref.abs().max().clamp_min(1e-12))
         if not torch.allclose(saved_ref.to(ref), ref, rtol=rtol, atol=tol):
             raise ValueError(

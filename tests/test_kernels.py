@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 import zlib
 from dataclasses import dataclass
 
@@ -24,10 +25,13 @@ from peft_inits.kernels import (
     TorchOps,
     adapter_delta,
     default_backend,
+    dispatch,
     resolve_backend,
+    selfcheck,
     use_backend,
 )
 from peft_inits.kernels.cost import ADAPTER_PATH_ENV, choose_path
+from peft_inits.kernels.dispatch import BACKEND_ENV
 from peft_inits.kernels.merged import GAIN_GRADIENTS, merged_linear
 
 CUDA = torch.cuda.is_available()
@@ -349,6 +353,73 @@ def test_dispatch_choices():
         adapter_delta(x, torch.randn(2, 8).double(), None, torch.randn(5, 2), 1.0)
     with pytest.raises(ValueError, match="shapes do not fit"):
         adapter_delta(x, torch.randn(2, 9), None, torch.randn(5, 2), 1.0)
+
+
+def test_backend_env_variable_sets_the_default(monkeypatch):
+    x = torch.randn(3, 8)
+    monkeypatch.setenv(BACKEND_ENV, "torch")
+    assert default_backend() == "torch"
+    with use_backend("reference"):  # code that chooses wins over the environment
+        assert default_backend() == "reference"
+    monkeypatch.setenv(BACKEND_ENV, "triton")
+    assert resolve_backend(default_backend(), x, 8) == "triton"  # forced: no self-check, errors are the user's
+    monkeypatch.setenv(BACKEND_ENV, "gpu")
+    with pytest.raises(ValueError, match=r"unknown \$PEFT_INITS_KERNELS 'gpu'"):
+        default_backend()
+
+
+# ------------------------------------------------------------------------------------------------------ self-check
+
+
+class BrokenOps(TorchOps):
+    """Stands in for Triton kernels that fail to compile, or compile to wrong numbers."""
+
+    name = "triton"
+
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+
+    def forward(self, x, down, gain_scale, up):
+        if self.mode == "compile":
+            raise RuntimeError("PassManager::run failed\n(a long MLIR dump)")
+        return super().forward(x, down, gain_scale, up)
+
+    def backward_input(self, grad_out, h, down, gain_scale, up, **need):
+        dx, dgain, dh = super().backward_input(grad_out, h, down, gain_scale, up, **need)
+        return dx, dgain * 1.5, dh  # a wrong reduction: far outside every dtype's tolerance
+
+
+@pytest.fixture
+def fresh_verdicts():
+    selfcheck.forget_verdicts()
+    yield
+    selfcheck.forget_verdicts()
+
+
+@pytest.mark.parametrize(("mode", "problem"), [("compile", "RuntimeError: PassManager"), ("numerics", "dgain differs")])
+def test_a_failing_triton_self_check_warns_once_and_falls_back_to_torch(mode, problem, monkeypatch, fresh_verdicts):
+    """What a GPU user sees when the kernels cannot compile or are wrong there: one warning, then torch."""
+    monkeypatch.setattr(dispatch, "triton_fits", lambda x, rank: True)  # let CPU tensors stand in for CUDA ones
+    monkeypatch.setattr(dispatch, "triton_available", lambda: True)
+    monkeypatch.setattr(dispatch, "_triton_ops", lambda: BrokenOps(mode))
+    x = torch.randn(5, 12)
+    down, gain, up = torch.randn(3, 12), torch.randn(3), torch.randn(7, 3)
+    with pytest.warns(RuntimeWarning, match=rf"self-check on cpu in float32 \({problem}.*using the torch"):
+        assert resolve_backend("auto", x, 3) == "torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per (device, dtype)
+        got = adapter_delta(x, down, gain, up, 0.5)
+    assert torch.allclose(got, Fn.linear_delta(x, down, gain, up, 0.5), atol=1e-6)
+    with pytest.warns(RuntimeWarning, match="in bfloat16"):  # another dtype is checked on its own
+        resolve_backend("auto", x.bfloat16(), 3)
+
+
+def test_working_kernels_pass_the_self_check(triton_ops, fresh_verdicts):
+    device = "cuda" if CUDA else "cpu"  # interpreted on the CPU
+    for dtype in DTYPES.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert selfcheck.triton_passes(torch.device(device), dtype, triton_ops.TritonOps)
 
 
 @pytest.mark.parametrize("method", ["lora", "svfit", "loldu"])

@@ -2,13 +2,15 @@
 
 Backends:
 
-- ``"auto"`` (default): Triton for CUDA tensors with r ≤ 128 in fp32/bf16/fp16 when `triton` imports, else torch.
-- ``"triton"``: the Triton kernels; an error where they cannot run (no triton, CPU tensors without
+- ``"auto"`` (default): Triton for CUDA tensors with r ≤ 128 in fp32/bf16/fp16 when `triton` imports and the
+  kernels passed their self-check on that device and dtype (`selfcheck`: once, on first use), else torch.
+- ``"triton"``: the Triton kernels, unchecked; an error where they cannot run (no triton, CPU tensors without
   ``TRITON_INTERPRET=1``, r > 128, another dtype).
 - ``"torch"``: the same fused autograd Function computed with torch matmuls.
 - ``"reference"``: `functional.linear_delta` under plain autograd (unfused; what benchmarks call "factored").
 
-`use_backend` switches the default for a block of code (benchmarks, debugging); an explicit ``backend=`` wins.
+$PEFT_INITS_KERNELS (``auto``, ``triton``, ``torch`` or ``reference``) sets the default for a process; `use_backend`
+switches it for a block of code (benchmarks, debugging); an explicit ``backend=`` wins over both.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import contextvars
 import functools
 import importlib.util
+import os
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -26,13 +29,15 @@ from torch import Tensor
 from peft_inits import functional as Fn
 
 from .autograd import DeltaOps, FusedAdapterDelta
+from .selfcheck import triton_passes
 from .torch_ops import TorchOps
 
 BACKENDS = ("auto", "triton", "torch", "reference")
 TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 MAX_TRITON_RANK = 128
+BACKEND_ENV = "PEFT_INITS_KERNELS"
 
-_default_backend: contextvars.ContextVar[str] = contextvars.ContextVar("peft_inits_kernel_backend", default="auto")
+_default_backend: contextvars.ContextVar[str | None] = contextvars.ContextVar("peft_inits_kernel_backend", default=None)
 _TORCH_OPS = TorchOps()
 
 
@@ -54,9 +59,9 @@ def triton_module() -> ModuleType:
     return triton_ops
 
 
-def _check_backend(backend: str) -> str:
+def _check_backend(backend: str, where: str = "kernel backend") -> str:
     if backend not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ValueError(f"unknown {where} {backend!r}; choose one of {', '.join(BACKENDS)}")
     return backend
 
 
@@ -71,8 +76,11 @@ def use_backend(backend: str) -> Iterator[None]:
 
 
 def default_backend() -> str:
-    """The backend `adapter_delta` uses when none is passed."""
-    return _default_backend.get()
+    """The backend `adapter_delta` uses when none is passed: `use_backend`'s, else $PEFT_INITS_KERNELS, else auto."""
+    chosen = _default_backend.get()
+    if chosen is not None:
+        return chosen
+    return _check_backend(os.environ.get(BACKEND_ENV) or "auto", f"${BACKEND_ENV}")
 
 
 def resolve_backend(backend: str, x: Tensor, rank: int) -> str:
@@ -80,8 +88,18 @@ def resolve_backend(backend: str, x: Tensor, rank: int) -> str:
     backend = _check_backend(backend)
     if backend != "auto":
         return backend
-    triton_fits = x.is_cuda and x.dtype in TRITON_DTYPES and rank <= MAX_TRITON_RANK and x.numel() > 0
-    return "triton" if triton_fits and triton_available() else "torch"
+    if triton_fits(x, rank) and triton_available() and triton_passes(x.device, x.dtype, _triton_ops):
+        return "triton"
+    return "torch"
+
+
+def triton_fits(x: Tensor, rank: int) -> bool:
+    """Whether `auto` would consider the Triton kernels for this input (CUDA, a dtype and rank they take)."""
+    return x.is_cuda and x.dtype in TRITON_DTYPES and rank <= MAX_TRITON_RANK and x.numel() > 0
+
+
+def _triton_ops() -> DeltaOps:
+    return triton_module().TritonOps()
 
 
 def _check_inputs(x: Tensor, down: Tensor, gain: Tensor | None, up: Tensor) -> None:
@@ -103,7 +121,7 @@ def _ops_for(backend: str, x: Tensor, rank: int) -> DeltaOps:
         raise ValueError(f"the Triton kernels take fp32, bf16 or fp16 inputs, not {x.dtype}")
     if rank > MAX_TRITON_RANK:
         raise ValueError(f"the Triton kernels support r ≤ {MAX_TRITON_RANK}, got r={rank}; use backend='torch'")
-    return triton_module().TritonOps()
+    return _triton_ops()
 
 
 def adapter_delta(
