@@ -10,7 +10,7 @@ from peft import AutoPeftModelForSequenceClassification, get_peft_model
 from tiny_models import tiny_roberta
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
-from peft_inits.export import export_diffusers_lora
+from peft_inits.export import DIFFUSERS_WEIGHT_NAME, export_diffusers_lora
 from peft_inits.registry import methods
 
 CONFIGS = {method.name: method.config for method in methods()}
@@ -120,7 +120,10 @@ def test_diffusers_add_adapter_and_load_lora_adapter_of_our_export(tmp_path):
     assert (adapted - case.run(case.build(), torch.float32)).abs().max() > 1e-4
     export_diffusers_lora(unet, tmp_path)
     fresh = case.build()
-    fresh.load_lora_adapter(str(tmp_path), adapter_name="exported", prefix="unet", use_safetensors=True)
+    # weight_name: diffusers < 0.37 guesses the file name only online (HF_HUB_OFFLINE=1 here and on most servers)
+    fresh.load_lora_adapter(
+        str(tmp_path), weight_name=DIFFUSERS_WEIGHT_NAME, adapter_name="exported", prefix="unet", use_safetensors=True
+    )
     assert torch.allclose(case.run(fresh, torch.float32), adapted, atol=1e-5)
     lora_unet = case.build()
     lora_unet.add_adapter(LoRAConfig(r=2, target_modules=["to_q", "to_v"], init_weights=False), adapter_name="mine")
