@@ -8,6 +8,7 @@ from .methods.lora import LoRAConfig
 from .methods.milora import MiLoRAConfig
 from .methods.pissa import PiSSAConfig
 from .methods.svfit import SVFitConfig
+from .mixed import mixed_batch
 from .peft_bridge import register_with_peft
 from .registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, register_method
 from .tuner import AdapterModel
@@ -32,6 +33,7 @@ __all__ = [
     "__version__",
     "get_method",
     "method_names",
+    "mixed_batch",
     "register_method",
     "register_with_peft",
     "trainable_count",

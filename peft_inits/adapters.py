@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -117,6 +117,11 @@ class AdapterWeights(nn.Module):
 
     def relative_gain(self) -> Tensor | None:
         """The trained gain relative to its init, one value per component; None for methods without a gain."""
+        return None
+
+    def factor_key(self) -> Hashable | None:
+        """Equal keys mean identical down and up factors, so a mixed batch serves those adapters with one down- and
+        one up-projection and a gathered gain per sample; None (the default): factors of its own."""
         return None
 
     def attach_fingerprint(self, fingerprint: Tensor) -> None:
@@ -244,6 +249,29 @@ class DecomposedWeights(AdapterWeights):
     factors are recomputed from the live base weight, so a saved reference (σ_r, D_r, ...) must match them."""
 
     reference_name: ClassVar[str]  # a saved buffer that must match its recomputed value on load
+
+    # True where down and up are frozen buffers computed from (W, method options) alone (SVFit, LoLDU): adapters of
+    # one base then share them. False where they train (PiSSA, MiLoRA).
+    shares_factors: ClassVar[bool] = False
+
+    def factor_key(self) -> Hashable | None:
+        """(method, rank, options, decomposition dtype, the base's fingerprint, the method's own `factor_choices`, the
+        factors' dtype and device) — not a comparison of the factor tensors. Factors loaded from a file
+        (`embed_factors`) are never assumed shared."""
+        if not self.shares_factors or self.embed_factors:
+            return None
+        stamp = tuple((t.data_ptr(), t._version) for t in self.buffers())  # any load or cast changes it
+        cached = self.__dict__.get("_factor_key")
+        if cached is None or cached[0] != stamp:
+            spec, down = self.spec, self.down
+            fingerprint = tuple(self._own_fingerprint.tolist())
+            key = (type(self), self.r, spec.options, spec.decompose_dtype, fingerprint, self.factor_choices())
+            self.__dict__["_factor_key"] = cached = (stamp, (*key, down.dtype, down.device))
+        return cached[1]
+
+    def factor_choices(self) -> tuple:
+        """What besides W and the options decided the factors (e.g. a seed, a saved pivot order)."""
+        return ()
 
     def store_factors(self, weight: Tensor, down: Tensor, up: Tensor, embed: bool) -> None:
         self.register_buffer("down", down.contiguous(), persistent=embed)

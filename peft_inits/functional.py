@@ -476,6 +476,34 @@ def conv2d_delta(
     return F.conv2d(h, up[:, :, None, None]) * scale
 
 
+def linear_delta_mixed(x: Tensor, down: Tensor, gains: Tensor, up: Tensor) -> Tensor:
+    """Δy_b = C (g_b ⊙ R x_b), each sample b of x (B × … × n) with its own gain row of `gains` (B × r, scale folded in).
+
+    Adapters that share their frozen factors (SVFit or LoLDU adapters of one base) serve a mixed batch with one
+    down- and one up-projection, whatever the number of adapters.
+    """
+    h = x @ down.T
+    h = h * gains.reshape(gains.shape[0], *([1] * (h.ndim - 2)), gains.shape[1])
+    return h @ up.T
+
+
+def conv2d_delta_mixed(
+    x: Tensor,
+    down: Tensor,
+    gains: Tensor,
+    up: Tensor,
+    *,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] | int = 1,
+    padding: tuple[int, int] | int | str = 0,
+    dilation: tuple[int, int] | int = 1,
+) -> Tensor:
+    """`linear_delta_mixed` for LoCon: R as a conv with the base geometry, gain row b on sample b's r channels."""
+    r = down.shape[0]
+    h = F.conv2d(x, down.reshape(r, -1, *kernel_size), stride=stride, padding=padding, dilation=dilation)
+    return F.conv2d(h * gains[:, :, None, None], up[:, :, None, None])
+
+
 def delta_weight(down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> Tensor:
     """ΔW = scale · C diag(g) R as an m × n matrix (reshape it to the conv kernel shape for Conv2d)."""
     scaled_up = up if gain is None else up * gain

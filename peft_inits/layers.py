@@ -7,6 +7,7 @@ the per-method differences live in `adapters.py` and the maths in `functional.py
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
@@ -192,7 +193,9 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             logger.debug("%s: adapter path %s", type(self.get_base_layer()).__name__, choice.describe())
         self.last_path = choice
 
-    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    def forward(self, x: Tensor, *args: Any, adapter_names: Sequence[str] | None = None, **kwargs: Any) -> Tensor:
+        if adapter_names is not None:
+            return self.mixed_forward(x, adapter_names, *args, **kwargs)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
@@ -215,6 +218,54 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
             # in place: the base output is fresh and its backward (Linear/Conv) does not read it; saves a T×m tensor
             out = out.add_(self.delta_forward(x, name).to(out.dtype))
         return out
+
+    # ------------------------------------------------------------------------------------------------ mixed batches
+
+    def mixed_forward(self, x: Tensor, adapter_names: Sequence[str], *args: Any, **kwargs: Any) -> Tensor:
+        """Sample b through adapter `adapter_names[b]` (PEFT's mixed batch; "__base__" or an adapter this layer does
+        not hold: none). Adapters with equal `factor_key`s share one down- and one up-projection, their gains gathered
+        per sample; each other adapter runs on its own samples, as PEFT's LoRA does."""
+        if len(adapter_names) != len(x):
+            raise ValueError(
+                f"adapter_names has {len(adapter_names)} names for a batch of {len(x)} inputs; give one per sample"
+            )
+        if self.merged:
+            raise ValueError("cannot pass adapter_names while adapters are merged; call unmerge_adapter() first")
+        out = self.base_layer(x, *args, **kwargs)
+        if self.disable_adapters:
+            return out
+        groups: dict[Hashable, list[str]] = {}
+        for name in dict.fromkeys(adapter_names):
+            if name in self.pi_adapters:
+                key = self.adapter(name).factor_key()
+                groups.setdefault((name,) if key is None else key, []).append(name)
+        for names in groups.values():
+            position = {name: k for k, name in enumerate(names)}
+            rows = [b for b, name in enumerate(adapter_names) if name in position]
+            whole = len(rows) == len(x)
+            index = torch.tensor(rows, device=x.device)
+            inputs = x if whole else x.index_select(0, index)
+            if len(names) == 1:
+                delta = self.delta_forward(inputs, names[0])
+            else:
+                which = torch.tensor([position[adapter_names[b]] for b in rows], device=x.device)
+                delta = self.shared_factor_delta(inputs, names, which)
+            delta = delta.to(out.dtype)
+            out = out.add_(delta) if whole else out.index_add_(0, index, delta)
+        return out
+
+    def shared_factor_delta(self, x: Tensor, names: Sequence[str], which: Tensor) -> Tensor:
+        """Δy for sample b through adapter names[which[b]], all of which share their down and up factors."""
+        adapters = [self.adapter(name) for name in names]
+        down, _, up = adapters[0].factors()
+        gains = torch.stack([a.factors()[1] * self.effective_scale(n) for a, n in zip(adapters, names, strict=True)])
+        gains = gains.index_select(0, which)
+        x = x.to(down.dtype)
+        if not self.is_conv:
+            return Fn.linear_delta_mixed(x, down, gains, up)
+        conv = self.get_base_layer()
+        geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
+        return Fn.conv2d_delta_mixed(x, down, gains, up, kernel_size=conv.kernel_size, **geometry)
 
     def extra_repr(self) -> str:
         last = "none yet" if self.last_path is None else self.last_path.describe()

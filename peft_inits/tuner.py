@@ -7,7 +7,9 @@ held loaded weights (e.g. the one `PeftModel.from_pretrained` just injected) is 
 
 from __future__ import annotations
 
-from typing import ClassVar
+import contextlib
+from collections.abc import Iterator
+from typing import Any, ClassVar
 
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
@@ -16,6 +18,7 @@ from .blocks import Target
 from .config import AdapterConfig
 from .layers import AdapterLayer, adapter_layers, check_supported
 from .loading import adapter_names_in, check_adapter_state, remove_adapter
+from .mixed import mixed_batch
 
 
 class AdapterModel(BaseTuner):
@@ -47,6 +50,17 @@ class AdapterModel(BaseTuner):
         if not self._state()["hooked"]:
             self.register_load_state_dict_pre_hook(_check_before_loading)
             self._state()["hooked"] = True
+
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args: Any, **kwargs: Any) -> Iterator[None]:
+        """PeftModel.forward/generate enter this with their kwargs: `adapter_names` makes the call a mixed batch."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
+            return
+        num_beams = kwargs.get("num_beams")
+        with mixed_batch(self.model, adapter_names, num_beams=num_beams if isinstance(num_beams, int) else None):
+            yield
 
     def refuse_load(self, adapter_names: set[str]) -> None:
         """Undo the adapters among `adapter_names` that never held loaded weights (the load that failed added them)."""

@@ -73,6 +73,7 @@ class LoLDUWeights(DecomposedWeights):
 
     reference_name = "D"
     attaches_fingerprint = True
+    shares_factors = True
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
         options: LoLDUOptions = spec.options
@@ -128,6 +129,9 @@ class LoLDUWeights(DecomposedWeights):
         f = Fn.ldu_with_pivots(weight, rows, cols if cols.numel() else None, dtype=self.decompose_dtype)
         device = self.D.device
         return {"down": f.down().float().to(device), "up": f.up().float().to(device), "D": f.D.float().to(device)}
+
+    def factor_choices(self) -> tuple:
+        return tuple(self.pivot_rows.tolist()), tuple(self.pivot_cols.tolist())  # followed when loaded (`repin`)
 
     def relative_gain(self) -> Tensor:
         init = self.sigma0 * self.z_ref

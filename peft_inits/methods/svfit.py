@@ -37,6 +37,10 @@ class SVFitWeights(DecomposedWeights):
     """down = V_rᵀ, up = U_r (frozen), gain = s − σ_r with s trainable (s₀ = σ_r)."""
 
     reference_name = "s0"
+    shares_factors = True
+
+    def factor_choices(self) -> tuple:
+        return (self.spec.seed,) if self.spec.options.svd == "randomized" else ()  # the range finder's seed
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
         options: SVFitOptions = spec.options
