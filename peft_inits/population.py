@@ -17,12 +17,17 @@ LoRAs.
 
 Optimising the sum of the adapters' mean losses with AdamW (element-wise) and per-adapter gradient clipping gives
 each copy exactly the updates it would get trained alone (`tests/test_population.py`).
+
+The same mechanism serves saved adapters (an adapter bank): `Population.from_adapters(model, directories)` loads N
+adapter directories into the K stacked copies, verified like any load; `batch(index)` or `batch_names(names)` then
+picks one per sample (−1 / "__base__": none). For SVFit/LoLDU only the gain is stacked — r numbers per matrix and
+adapter — and one down- and one up-projection serve the whole batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +35,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
+from tqdm.auto import tqdm
 
-from .checkpoint import save_adapter
+from .checkpoint import save_adapter, verify_adapter_dir
 from .layers import AdapterLayer, adapter_layers
+from .loading import check_adapter_state
+from .mixed import BASE
 
 CLIP_EPS = 1e-6  # torch.nn.utils.clip_grad_norm_'s: coef = max_norm / (norm + eps), at most 1
 
@@ -74,6 +82,7 @@ class Population:
         if not layers:
             raise ValueError(f"the model holds no adapter named {adapter_name!r}; wrap it with get_peft_model first")
         self.model, self.size, self.adapter_name = model, size, adapter_name
+        self.names = [str(k) for k in range(size)]  # a bank's: its members' directory names
         self.members: list[_Member] = []
         self._requires_grad: dict[int, bool] = {}
         for name, layer in layers.items():
@@ -89,6 +98,62 @@ class Population:
         self._index: Tensor | None = None
         self._handles = []
         self._attach()
+
+    @classmethod
+    def from_adapters(
+        cls,
+        model: nn.Module,
+        directories: Sequence[str | Path],
+        adapter_name: str = "default",
+        progress: bool = True,
+    ) -> Population:
+        """An adapter bank: the adapters saved in `directories` served from one stacked table per layer, sample b by
+        `batch(index)` or `batch_names(names)`; the frozen factors are the model's own adapter's, held once.
+
+        Every member is one method on one base: the model's adapter `adapter_name` is the template. Each file is
+        verified as a load is (checksum, finiteness, base fingerprint, each method's reference check) and every
+        tensor it holds besides the trained ones must equal the template's (a seed-dependent z_ref, say); a refused
+        member names its directory and the bank is not built.
+        """
+        directories = [Path(d) for d in directories]
+        bank = cls(model, len(directories), adapter_name)
+        try:
+            for k, directory in enumerate(tqdm(directories, desc="loading adapters", disable=not progress)):
+                bank._load_member(k, directory)
+        except BaseException:
+            bank.detach()
+            raise
+        bank.names = [d.name for d in directories]
+        return bank
+
+    @torch.no_grad()
+    def _load_member(self, k: int, directory: Path) -> None:
+        _, saved = verify_adapter_dir(directory)
+        infix = f".pi_adapters.{self.adapter_name}."
+        state = {key.replace(".pi_adapters.", infix, 1): value for key, value in saved.items()}
+        layers = [member.layer.pi_adapters[self.adapter_name] for member in self.members]
+        try:
+            commits = check_adapter_state(self.model, state)
+        except ValueError as error:
+            raise ValueError(f"adapter {directory}: {error}") from error
+        finally:
+            for adapter in layers:  # checked here, never loaded through load_state_dict
+                adapter.__dict__.pop("_preverified", None)
+        if commits:
+            raise ValueError(
+                f"adapter {directory}: its factors would differ from the bank's (another pivot order, or another "
+                "base accepted on purpose); load it on its own"
+            )
+        for member, adapter in zip(self.members, layers, strict=True):
+            prefix = f"{member.name}{infix}"
+            for name, own in adapter.state_dict().items():
+                if name in member.stacked:
+                    member.stacked[name][k].copy_(state[prefix + name])
+                elif name != "fingerprint" and not torch.equal(state[prefix + name].to(own), own):
+                    raise ValueError(
+                        f"adapter {directory}: {member.name}: its {name} differs from the bank's (other options, seed "
+                        "or base precision at training); load it on its own"
+                    )
 
     # ------------------------------------------------------------------------------------------------ parameters
 
@@ -167,18 +232,26 @@ class Population:
     # ------------------------------------------------------------------------------------------------ forward
 
     @contextlib.contextmanager
-    def batch(self, index: Tensor) -> Iterator[None]:
-        """Forwards inside the block use adapter index[b] for sample b (a 1-D integer tensor, one entry a sample)."""
+    def batch(self, index: Tensor | Sequence[int]) -> Iterator[None]:
+        """Forwards inside the block use adapter index[b] for sample b (1-D integers, one a sample; −1: no adapter)."""
         index = torch.as_tensor(index)
         if index.ndim != 1 or index.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"the adapter index must be a 1-D integer tensor, got {tuple(index.shape)} {index.dtype}")
-        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.size):
-            raise ValueError(f"adapter indices must lie in [0, {self.size}), got {index.min()}..{index.max()}")
+        if index.numel() and (int(index.min()) < -1 or int(index.max()) >= self.size):
+            raise ValueError(f"adapter indices must lie in [-1, {self.size}), got {index.min()}..{index.max()}")
         previous, self._index = self._index, index.long()
         try:
             yield
         finally:
             self._index = previous
+
+    def batch_names(self, names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
+        """`batch` by adapter name (a bank's directory names, `names`; "__base__": no adapter)."""
+        position = {name: k for k, name in enumerate(self.names)}
+        unknown = sorted(set(names) - set(position) - {BASE})
+        if unknown:
+            raise ValueError(f"no adapter named {', '.join(map(repr, unknown))} in this bank of {self.size}")
+        return self.batch(torch.tensor([position.get(name, -1) for name in names], dtype=torch.long))
 
     def _attach(self) -> None:
         for member in self.members:
@@ -229,9 +302,10 @@ class Population:
 
         factors: list[tuple[Tensor | None, bool]] = [(f, False) for f in member.factors()]
         if member.varying:
-            stacked = torch.func.vmap(varying)(member.stacked)
-            for position, value in zip(member.varying, stacked, strict=True):
-                factors[position] = (value[self._index.to(value.device)], True)
+            index = self._index.clamp(min=0)  # −1 (no adapter) borrows copy 0; `_delta` zeroes those samples
+            gathered = {n: p[index.to(p.device)] for n, p in member.stacked.items()}  # B evaluations, not K
+            for position, value in zip(member.varying, torch.func.vmap(varying)(gathered), strict=True):
+                factors[position] = (value, True)
         return tuple(factors)
 
     def _delta(self, member: _Member, x: Tensor) -> Tensor:
@@ -243,14 +317,21 @@ class Population:
         elif gain is not None and member.layer.is_conv:
             gain = gain[:, None, None]
         if member.layer.is_conv:
-            return _conv_delta(member.layer, x, down, down_each, gain, up, up_each) * scale
+            return self._without_base_rows(_conv_delta(member.layer, x, down, down_each, gain, up, up_each) * scale)
         batch = x.shape[0]
         tokens = x.reshape(batch, -1, x.shape[-1])
         h = torch.bmm(tokens, down.transpose(1, 2)) if down_each else tokens @ down.T
         if gain is not None:
             h = h * gain
         out = torch.bmm(h, up.transpose(1, 2)) if up_each else h @ up.T
-        return (out * scale).reshape(*x.shape[:-1], out.shape[-1])
+        return self._without_base_rows((out * scale).reshape(*x.shape[:-1], out.shape[-1]))
+
+    def _without_base_rows(self, delta: Tensor) -> Tensor:
+        """Zero the delta of samples served by no adapter (index −1)."""
+        if not bool((self._index < 0).any()):
+            return delta
+        keep = (self._index >= 0).to(device=delta.device, dtype=delta.dtype)
+        return delta * keep.reshape(-1, *([1] * (delta.ndim - 1)))
 
     def _check_index(self, k: int) -> None:
         if not 0 <= k < self.size:

@@ -1,6 +1,7 @@
 """Mixed-adapter batches (PEFT's `adapter_names`): sample b through adapter names[b], for every method, on Linear and
 Conv2d layers, through `PeftModel.forward`, `generate`, `modules_to_save` copies and a diffusers U-Net; SVFit/LoLDU
-adapters of one base share their factors (one down- and one up-projection for the whole group)."""
+adapters of one base share their factors (one down- and one up-projection for the whole group); an adapter bank
+serves saved adapters from one stacked table per layer."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from model_cases import MLP, ConvNet
 from peft import get_peft_model
 
 from peft_inits import AdapterLayer, SVFitConfig, mixed_batch
+from peft_inits.checkpoint import load_adapter, save_adapter
+from peft_inits.population import Population
 from peft_inits.registry import methods
 
 CONFIGS = {method.name: method.config for method in methods()}
@@ -66,7 +69,7 @@ def test_each_sample_gets_its_own_adapter(method, case, shared_calls):
     with torch.no_grad():
         mixed = model(x, adapter_names=ORDER)
     want = _one_by_one(model, x, ORDER)
-    assert (mixed - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (mixed - want).abs().max() <= 1e-6 * want.abs().max()
     assert len({tuple(row.tolist()) for row in want}) >= 4, "the adapters must differ for the test to mean anything"
     # one shared projection per layer for the three adapters of SVFit/LoLDU; per-adapter paths for the others
     assert shared_calls == ([3] * len(targets) if method in SHARING else [])
@@ -174,3 +177,64 @@ def test_bad_adapter_names_are_refused_with_clear_errors():
     model.unmerge_adapter()
     with torch.no_grad():
         assert torch.allclose(model(x, adapter_names=ORDER), _one_by_one(model, x, ORDER), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ adapter bank
+
+
+def _saved_members(method: str, folder, count: int, base_seed: int = 0, **extra) -> list:
+    """`count` trained-looking adapters of one method on MLP(seed base_seed), saved as adapter directories."""
+    directories = []
+    for k in range(count):
+        torch.manual_seed(base_seed)
+        model = get_peft_model(MLP(), CONFIGS[method](r=2, target_modules=["fc1", "fc2"], **extra))
+        with torch.no_grad():
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.add_(0.2 * torch.randn(param.shape, generator=torch.Generator().manual_seed(k)))
+        directories.append(save_adapter(model, folder / f"{method}-{base_seed}-{k}"))
+    return directories
+
+
+@pytest.mark.parametrize("method", ["svfit", "loldu", "lora"])
+def test_a_bank_serves_each_sample_its_saved_adapter(method, tmp_path):
+    directories = _saved_members(method, tmp_path, 3)
+    torch.manual_seed(0)
+    model = get_peft_model(MLP(), CONFIGS[method](r=2, target_modules=["fc1", "fc2"])).eval()
+    bank = Population.from_adapters(model, directories, progress=False)
+    x, index = CASES["linear"][1](), [2, 0, -1, 1, 2, 0]
+    with torch.no_grad(), bank.batch(index):
+        got = model(x)
+    with torch.no_grad(), bank.batch_names([directories[k].name if k >= 0 else "__base__" for k in index]):
+        assert torch.equal(model(x), got)
+    rows = []
+    for b, k in enumerate(index):
+        torch.manual_seed(0)
+        alone = MLP().eval() if k < 0 else load_adapter(MLP(), directories[k]).eval()
+        with torch.no_grad():
+            rows.append(alone(x[b : b + 1]))
+    want = torch.cat(rows)
+    assert (got - want).abs().max() <= 1e-6 * want.abs().max()
+
+
+def test_a_bank_refuses_a_member_of_another_base_naming_it(tmp_path):
+    directories = _saved_members("svfit", tmp_path, 2) + _saved_members("svfit", tmp_path, 1, base_seed=5)
+    torch.manual_seed(0)
+    model = get_peft_model(MLP(), CONFIGS["svfit"](r=2, target_modules=["fc1", "fc2"])).eval()
+    x = CASES["linear"][1]()
+    with torch.no_grad():
+        before = model(x)
+    with pytest.raises(ValueError, match=rf"adapter {directories[2]}: .*different base weight"):
+        Population.from_adapters(model, directories, progress=False)
+    with torch.no_grad():
+        assert torch.equal(model(x), before)  # the half-built bank took its hooks out again
+
+
+def test_a_bank_refuses_a_member_whose_reference_gain_differs(tmp_path):
+    """LoLDU z_init="uniform" draws z₀ (and z_ref) from the seed: such members cannot share one template."""
+    directories = _saved_members("loldu", tmp_path, 1, z_init="uniform", seed=0)
+    directories += _saved_members("loldu", tmp_path / "other", 1, z_init="uniform", seed=1)
+    torch.manual_seed(0)
+    model = get_peft_model(MLP(), CONFIGS["loldu"](r=2, target_modules=["fc1", "fc2"], z_init="uniform")).eval()
+    with pytest.raises(ValueError, match=rf"adapter {directories[1]}: .*its z_ref differs"):
+        Population.from_adapters(model, directories, progress=False)
