@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,26 @@ def load_adapter(
     return PeftModel.from_pretrained(
         model, str(directory), adapter_name=adapter_name, is_trainable=is_trainable, config=config
     )
+
+
+_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[A-Za-z0-9_]+")
+
+
+def adapter_dirs(root: str | Path) -> list[Path]:
+    """Every directory under `root` holding an `adapter_config.json`, sorted.
+
+    Leftovers of interrupted saves (`.<name>.tmp-*`, `.<name>.old-*`) are not adapters; an adapter whose save was
+    interrupted mid-swap is restored from its set-aside previous version first.
+    """
+    root = Path(root)
+    found = set()
+    for config in list(root.rglob("adapter_config.json")):  # listed first: recovery renames folders
+        directory = config.parent
+        leftover = next((m for part in directory.relative_to(root).parts if (m := _LEFTOVER.fullmatch(part))), None)
+        if leftover is None:
+            found.add(directory)
+        elif directory.name.startswith(f".{leftover['name']}.old-"):
+            target = directory.parent / leftover["name"]
+            if recover_directory(target):
+                found.add(target)
+    return sorted(found)

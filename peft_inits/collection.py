@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,7 @@ from peft import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 from tqdm import tqdm
 
-from .atomic import recover_directory
-from .checkpoint import load_adapter, verify_adapter_dir
+from .checkpoint import adapter_dirs, load_adapter, verify_adapter_dir
 from .descriptors import DESCRIPTORS, AdapterRecord, record_from_model, record_from_peft_lora
 
 _RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
@@ -35,29 +33,6 @@ class IndexedCollection:
     @property
     def labels(self) -> list[str | None]:
         return [r.label for r in self.records]
-
-
-_LEFTOVER = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-[A-Za-z0-9_]+")
-
-
-def adapter_dirs(root: str | Path) -> list[Path]:
-    """Every directory under `root` holding an `adapter_config.json`, sorted.
-
-    Leftovers of interrupted saves (`.<name>.tmp-*`, `.<name>.old-*`) are not adapters; an adapter whose save was
-    interrupted mid-swap is restored from its set-aside previous version first.
-    """
-    root = Path(root)
-    found = set()
-    for config in list(root.rglob("adapter_config.json")):  # listed first: recovery renames folders
-        directory = config.parent
-        leftover = next((m for part in directory.relative_to(root).parts if (m := _LEFTOVER.fullmatch(part))), None)
-        if leftover is None:
-            found.add(directory)
-        elif directory.name.startswith(f".{leftover['name']}.old-"):
-            target = directory.parent / leftover["name"]
-            if recover_directory(target):
-                found.add(target)
-    return sorted(found)
 
 
 def _label_of(directory: Path) -> str | None:

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from tqdm.auto import tqdm
 
-from .checkpoint import save_adapter, verify_adapter_dir
+from .checkpoint import adapter_dirs, save_adapter, verify_adapter_dir
 from .layers import AdapterLayer, adapter_layers
 from .loading import check_adapter_state
 from .mixed import BASE
@@ -103,19 +103,24 @@ class Population:
     def from_adapters(
         cls,
         model: nn.Module,
-        directories: Sequence[str | Path],
+        directories: str | Path | Sequence[str | Path],
         adapter_name: str = "default",
         progress: bool = True,
     ) -> Population:
         """An adapter bank: the adapters saved in `directories` served from one stacked table per layer, sample b by
-        `batch(index)` or `batch_names(names)`; the frozen factors are the model's own adapter's, held once.
+        `batch(index)` or `batch_names(names)`; the frozen factors are the model's own adapter's, held once. A folder
+        stands for every adapter directory under it (a collection).
 
         Every member is one method on one base: the model's adapter `adapter_name` is the template. Each file is
         verified as a load is (checksum, finiteness, base fingerprint, each method's reference check) and every
         tensor it holds besides the trained ones must equal the template's (a seed-dependent z_ref, say); a refused
         member names its directory and the bank is not built.
         """
+        if isinstance(directories, (str, Path)):  # a collection folder: every adapter directory under it
+            directories = adapter_dirs(directories)
         directories = [Path(d) for d in directories]
+        if not directories:
+            raise ValueError("an adapter bank needs at least one adapter directory")
         bank = cls(model, len(directories), adapter_name)
         try:
             for k, directory in enumerate(tqdm(directories, desc="loading adapters", disable=not progress)):

@@ -201,7 +201,8 @@ def test_a_bank_serves_each_sample_its_saved_adapter(method, tmp_path):
     directories = _saved_members(method, tmp_path, 3)
     torch.manual_seed(0)
     model = get_peft_model(MLP(), CONFIGS[method](r=2, target_modules=["fc1", "fc2"])).eval()
-    bank = Population.from_adapters(model, directories, progress=False)
+    bank = Population.from_adapters(model, tmp_path, progress=False)  # the collection folder
+    assert bank.names == [d.name for d in directories]
     x, index = CASES["linear"][1](), [2, 0, -1, 1, 2, 0]
     with torch.no_grad(), bank.batch(index):
         got = model(x)

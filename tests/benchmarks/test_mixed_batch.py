@@ -1,0 +1,150 @@
+"""Mixed-adapter batches on the MiniLM shape (q,v, r = 8, random weights): a batch of 64 samples × 64 tokens in which
+sample b uses adapter b mod N, N = 1, 8, 64, 1,024 adapters loaded, against the same batch through one adapter.
+
+Variants, all inference (eval, no grad): SVFit, LoLDU and LoRA adapter banks (`Population.from_adapters`: one stacked
+table per layer), our SVFit and LoRA through PEFT's `adapter_names` (N adapters in the PeftModel; N ≤ 64 for SVFit,
+whose every added adapter decomposes W again), and PEFT's own LoRA through `adapter_names`. Each test times its
+variants round-robin (`interleaved_minima`), so ratios compare like with like; it also reports the bytes each loaded
+adapter adds and the bank's load time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from bench_utils import interleaved_minima, minilm_shaped
+from peft import LoraConfig, get_peft_model
+
+from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
+from peft_inits.checkpoint import save_adapter
+from peft_inits.population import Population
+
+pytestmark = pytest.mark.perf
+
+BATCH, TOKENS, RANK, HIDDEN = 64, 64, 8, 384
+TARGETS = ["query", "value"]
+OURS = {"svfit": SVFitConfig, "loldu": LoLDUConfig, "lora": LoRAConfig}
+NAMES_UP_TO = {"svfit": 64, "lora": 1024, "peft-lora": 1024}  # adapter_names variants, by the adapters they load
+
+
+def _ours(method: str):
+    return get_peft_model(minilm_shaped(), OURS[method](r=RANK, target_modules=TARGETS)).eval()
+
+
+def _peft_lora():
+    return get_peft_model(minilm_shaped(), LoraConfig(r=RANK, target_modules=TARGETS, init_lora_weights=False)).eval()
+
+
+def _perturb(model, seed: int) -> None:
+    """Give the trained tensors of the active adapter new values (a different adapter per seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+
+
+def _bank_members(method: str, count: int, folder) -> list:
+    model = _ours(method)
+    template = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    directories = []
+    for k in range(count):
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in template:
+                    param.copy_(template[name])
+        _perturb(model, k)
+        directories.append(save_adapter(model, folder / f"{method}-{k}"))
+    return directories
+
+
+def _with_names(build, count: int, add) -> tuple:
+    model = build()
+    _perturb(model, 0)
+    for k in range(1, count):
+        add(model, f"a{k}")
+        model.set_adapter(f"a{k}")
+        _perturb(model, k)
+    model.set_adapter("default")
+    return model.eval(), ["default", *(f"a{k}" for k in range(1, count))]
+
+
+def _adapter_bytes(model, names: list[str]) -> int:
+    """Bytes of everything the adapters named hold (trained tensors, frozen factors, references)."""
+    return sum(t.numel() * t.element_size() for n, t in model.state_dict().items() if any(f".{a}." in n for a in names))
+
+
+@pytest.mark.parametrize("loaded", [1, 8, 64, 1024])
+def test_mixed_batch_against_one_adapter(benchmark, loaded, tmp_path):
+    x = torch.randn(BATCH, TOKENS, HIDDEN, generator=torch.Generator().manual_seed(0))
+    per_sample = [b % loaded for b in range(BATCH)]
+    steps, memory, load_s = {}, {}, {}
+    base_bytes = sum(p.numel() * p.element_size() for p in minilm_shaped().parameters())
+
+    for method in OURS:
+        one = _ours(method)
+        _perturb(one, 0)
+        steps[f"{method} one adapter"] = lambda m=one: m(inputs_embeds=x)
+        directories = _bank_members(method, loaded, tmp_path)
+        model = _ours(method)
+        start = time.perf_counter()
+        bank = Population.from_adapters(model, directories, progress=False)
+        load_s[f"{method} bank"] = time.perf_counter() - start
+        memory[f"{method} bank"] = sum(p.numel() * p.element_size() for p in bank.parameters()) / loaded
+
+        def bank_step(m=model, b=bank):
+            with b.batch(per_sample):
+                m(inputs_embeds=x)
+
+        steps[f"{method} bank, {loaded} adapters"] = bank_step
+
+    def ours_add(method):
+        return lambda model, name: model.add_adapter(name, OURS[method](r=RANK, target_modules=TARGETS))
+
+    def peft_add(model, name):
+        model.add_adapter(name, LoraConfig(r=RANK, target_modules=TARGETS, init_lora_weights=False))
+
+    variants = {
+        "svfit": (lambda: _ours("svfit"), ours_add("svfit")),
+        "lora": (lambda: _ours("lora"), ours_add("lora")),
+        "peft-lora": (_peft_lora, peft_add),
+    }
+    peft_one = _peft_lora()
+    steps["peft-lora one adapter"] = lambda: peft_one(inputs_embeds=x)
+    for variant, (build, add) in variants.items():
+        if loaded > NAMES_UP_TO[variant]:
+            continue
+        start = time.perf_counter()
+        model, names = _with_names(build, loaded, add)
+        load_s[f"{variant} adapter_names"] = time.perf_counter() - start
+        memory[f"{variant} adapter_names"] = _adapter_bytes(model, names) / loaded
+        batch_names = [names[k] for k in per_sample]
+        steps[f"{variant} adapter_names, {loaded} adapters"] = lambda m=model, n=batch_names: m(
+            inputs_embeds=x, adapter_names=n
+        )
+
+    with torch.no_grad():
+        for step in steps.values():
+            step()  # warm-up
+        best = interleaved_minima(steps, budget_s=8.0, min_rounds=3)
+    one_adapter = {name.split()[0]: seconds for name, seconds in best.items() if "one adapter" in name}
+    ratios = {name: s / one_adapter[name.split()[0]] for name, s in best.items() if "one adapter" not in name}
+    benchmark.group = "mixed batch | minilm q,v | 64 × 64 tokens"
+    benchmark.extra_info.update(
+        kind="mixed",
+        loaded=loaded,
+        best_s=best,
+        ratio_to_one_adapter=ratios,
+        bytes_per_adapter=memory,
+        model_bytes=base_bytes,
+        load_s=load_s,
+    )
+    print(f"\nN = {loaded}:")
+    for name, ratio in ratios.items():
+        print(f"  {name:42s} {best[name] * 1e3:8.1f} ms  {ratio:5.2f}× one adapter")
+    for name, size in memory.items():
+        print(f"  {name:42s} {size:10.0f} B per adapter ({size * 1024 / base_bytes:.2%} of the model for 1,024)")
+    with torch.no_grad():
+        benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
