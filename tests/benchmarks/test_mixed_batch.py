@@ -148,3 +148,32 @@ def test_mixed_batch_against_one_adapter(benchmark, loaded, tmp_path):
         print(f"  {name:42s} {size:10.0f} B per adapter ({size * 1024 / base_bytes:.2%} of the model for 1,024)")
     with torch.no_grad():
         benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
+
+
+@pytest.mark.parametrize("method", ["svfit", "loldu"])
+def test_bank_of_64_against_one_adapter(benchmark, method, tmp_path):
+    """The goal's setting alone, with a longer round-robin: 64 samples, 64 different adapters vs one adapter."""
+    x = torch.randn(BATCH, TOKENS, HIDDEN, generator=torch.Generator().manual_seed(0))
+    one = _ours(method)
+    _perturb(one, 0)
+    model = _ours(method)
+    bank = Population.from_adapters(model, _bank_members(method, BATCH, tmp_path), progress=False)
+
+    def bank_step():
+        with bank.batch(list(range(BATCH))):
+            model(inputs_embeds=x)
+
+    steps = {"one adapter": lambda: one(inputs_embeds=x), "bank of 64": bank_step}
+    with torch.no_grad():
+        for step in steps.values():
+            step()
+        best = interleaved_minima(steps, budget_s=60.0, min_rounds=5)
+    ratio = best["bank of 64"] / best["one adapter"]
+    benchmark.group = "mixed batch | minilm q,v | 64 adapters vs one"
+    benchmark.extra_info.update(kind="mixed-64", method=method, best_s=best, ratio_to_one_adapter=ratio)
+    print(
+        f"\n{method}: bank of 64 {best['bank of 64'] * 1e3:.1f} ms, one adapter {best['one adapter'] * 1e3:.1f} ms, "
+        f"{ratio:.3f}×"
+    )
+    with torch.no_grad():
+        benchmark.pedantic(bank_step, rounds=3, warmup_rounds=0, iterations=1)
