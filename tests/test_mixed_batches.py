@@ -75,6 +75,17 @@ def test_each_sample_gets_its_own_adapter(method, case, shared_calls):
     assert shared_calls == ([3] * len(targets) if method in SHARING else [])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("method", ["lora", "svfit", "loldu"])
+def test_mixed_batches_on_a_half_precision_base(method, dtype):
+    model = _three_adapters(method, MLP, ["fc1", "fc2"]).to(dtype)  # base and adapters in half precision
+    x = CASES["linear"][1]().to(dtype)
+    with torch.no_grad():
+        mixed = model(x, adapter_names=ORDER).float()
+    want = _one_by_one(model, x, ORDER).float()
+    assert (mixed - want).abs().max() <= 8 * torch.finfo(dtype).eps * want.abs().max()
+
+
 @pytest.mark.parametrize("method", sorted(SHARING))
 def test_adapters_on_other_factors_are_not_shared(method, shared_calls):
     model = _three_adapters(method, MLP, ["fc1", "fc2"])
