@@ -449,10 +449,14 @@ def loldu_gain(z: Tensor, D: Tensor, sigma: Tensor | float, sigma0: Tensor | flo
 
 
 def linear_delta(x: Tensor, down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> Tensor:
-    """Δy = scale · C (g ⊙ R x) for token-major x (..., n); gain None means all ones (LoRA)."""
+    """Δy = scale · C (g ⊙ R x) for token-major x (..., n); gain None means all ones (LoRA).
+
+    A B × r gain gives sample b of x (B × … × n) its own row: adapters that share their frozen factors (SVFit or LoLDU
+    adapters of one base) serve a mixed batch with one down- and one up-projection, whatever their number.
+    """
     h = x @ down.T
     if gain is not None:
-        h = h * gain
+        h = h * (gain if gain.ndim == 1 else gain.reshape(gain.shape[0], *([1] * (h.ndim - 2)), gain.shape[1]))
     return (h @ up.T) * scale
 
 
@@ -468,40 +472,13 @@ def conv2d_delta(
     padding: tuple[int, int] | int | str = 0,
     dilation: tuple[int, int] | int = 1,
 ) -> Tensor:
-    """LoCon: R is a conv with the base conv's geometry, the gain scales its r channels, C is a 1×1 conv."""
+    """LoCon: R is a conv with the base conv's geometry, the gain scales its r channels, C is a 1×1 conv (a B × r
+    gain: one row per sample, as in `linear_delta`)."""
     r = down.shape[0]
     h = F.conv2d(x, down.reshape(r, -1, *kernel_size), stride=stride, padding=padding, dilation=dilation)
     if gain is not None:
-        h = h * gain[:, None, None]
+        h = h * (gain[:, None, None] if gain.ndim == 1 else gain[:, :, None, None])
     return F.conv2d(h, up[:, :, None, None]) * scale
-
-
-def linear_delta_mixed(x: Tensor, down: Tensor, gains: Tensor, up: Tensor) -> Tensor:
-    """Δy_b = C (g_b ⊙ R x_b), each sample b of x (B × … × n) with its own gain row of `gains` (B × r, scale folded in).
-
-    Adapters that share their frozen factors (SVFit or LoLDU adapters of one base) serve a mixed batch with one
-    down- and one up-projection, whatever the number of adapters.
-    """
-    h = x @ down.T
-    h = h * gains.reshape(gains.shape[0], *([1] * (h.ndim - 2)), gains.shape[1])
-    return h @ up.T
-
-
-def conv2d_delta_mixed(
-    x: Tensor,
-    down: Tensor,
-    gains: Tensor,
-    up: Tensor,
-    *,
-    kernel_size: tuple[int, int],
-    stride: tuple[int, int] | int = 1,
-    padding: tuple[int, int] | int | str = 0,
-    dilation: tuple[int, int] | int = 1,
-) -> Tensor:
-    """`linear_delta_mixed` for LoCon: R as a conv with the base geometry, gain row b on sample b's r channels."""
-    r = down.shape[0]
-    h = F.conv2d(x, down.reshape(r, -1, *kernel_size), stride=stride, padding=padding, dilation=dilation)
-    return F.conv2d(h * gains[:, :, None, None], up[:, :, None, None])
 
 
 def delta_weight(down: Tensor, gain: Tensor | None, up: Tensor, scale: float) -> Tensor:

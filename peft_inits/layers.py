@@ -262,10 +262,10 @@ class AdapterLayer(nn.Module, BaseTunerLayer):
         gains = gains.index_select(0, which)
         x = x.to(down.dtype)
         if not self.is_conv:
-            return Fn.linear_delta_mixed(x, down, gains, up)
+            return Fn.linear_delta(x, down, gains, up, 1.0)
         conv = self.get_base_layer()
         geometry = {"stride": conv.stride, "padding": conv.padding, "dilation": conv.dilation}
-        return Fn.conv2d_delta_mixed(x, down, gains, up, kernel_size=conv.kernel_size, **geometry)
+        return Fn.conv2d_delta(x, down, gains, up, 1.0, kernel_size=conv.kernel_size, **geometry)
 
     def extra_repr(self) -> str:
         last = "none yet" if self.last_path is None else self.last_path.describe()
