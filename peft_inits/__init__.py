@@ -10,7 +10,8 @@ from .methods.pissa import PiSSAConfig
 from .methods.svfit import SVFitConfig
 from .mixed import mixed_batch
 from .peft_bridge import register_with_peft
-from .registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, register_method
+from .registration import register_method
+from .registry import Method, MethodOptions, RunnerDefaults, get_method, method_names
 from .tuner import AdapterModel
 
 __version__ = "0.1.0"

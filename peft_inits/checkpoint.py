@@ -19,7 +19,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from peft import PeftModel, get_peft_model_state_dict
@@ -29,8 +29,10 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from .atomic import atomic_write, recover_directory, replace_directory
-from .config import AdapterConfig
 from .registry import method_of_peft_type, methods
+
+if TYPE_CHECKING:
+    from .config import AdapterConfig
 
 __all__ = [
     "CHECKSUM_KEY",

@@ -21,7 +21,8 @@ from torch import nn
 
 from .adapters import AdapterSpec
 from .blocks import Target, select_blocks
-from .peft_bridge import peft_type_of
+from .checkpoint import verify_adapter_dir
+from .peft_types import add_peft_type
 from .registry import get_method
 
 if TYPE_CHECKING:
@@ -72,7 +73,7 @@ class AdapterConfig(PeftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.peft_type = peft_type_of(type(self))  # a real PeftType member: transformers reads `.value`
+        self.peft_type = add_peft_type(self.peft_type_name)  # a real PeftType member: transformers reads `.value`
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"r must be an int ≥ 1, got {self.r!r}")
         if self.alpha is not None and (
@@ -98,8 +99,6 @@ class AdapterConfig(PeftConfig):
         """Read a saved config; a local adapter directory is verified first (config, checksums, symlinks), so
         `PeftModel.from_pretrained` refuses a damaged directory before the model is touched. `verify=False`: the
         caller has verified it already."""
-        from .checkpoint import verify_adapter_dir
-
         path = Path(pretrained_model_name_or_path, subfolder or "")
         pickled = (path / "adapter_model.bin").is_file() and not (path / "adapter_model.safetensors").exists()
         local = path.exists() or path.is_absolute() or str(pretrained_model_name_or_path).startswith((".", "~"))

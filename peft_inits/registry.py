@@ -3,7 +3,8 @@
 A method is its name, an options dataclass (each field's metadata carries its help text and, where it has one, its
 `choices`), a weights class (down/gain/up factors, the closed-form trainable count, the descriptor hook) and its
 runner defaults. Everything else — the `peft.PeftConfig` subclass, its PEFT registration, CLI flags, settings, sweep
-keys, export and descriptors — is derived from the registry, so adding a method means adding one file:
+keys, export and descriptors — is derived from the registry, so adding a method means adding one file
+(`register_method` is `peft_inits.register_method`, defined in `registration.py` above the config and PEFT layers):
 
     @dataclass(frozen=True)
     class MyOptions(MethodOptions):
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,48 +145,20 @@ class Method:
 
 
 _METHODS: dict[str, Method] = {}
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
-def register_method(method: Method, *, replace: bool = False) -> Method:
-    """Add a method to the registry, build its PEFT config class and register it with PEFT. Returns the method.
 
-    Works for methods defined outside this package: after this call `get_peft_model`, `PeftModel.from_pretrained`,
-    the runners' `--method` and `compare --methods` know it.
-    """
-    from .adapters import AdapterWeights
-    from .config import make_config_class
-    from .peft_bridge import register_config
-
-    if not _NAME.fullmatch(method.name):
-        raise ValueError(f"method name {method.name!r} must be lower-case letters, digits and _")
+def add_method(method: Method, replace: bool = False) -> None:
+    """Store a validated method (`registration.register_method` validates it and builds what derives from it)."""
     if method.name in _METHODS and not replace:
         raise ValueError(f"a method named {method.name!r} is already registered (pass replace=True to redefine it)")
-    clash = next((m for m in _METHODS.values() if m.peft_type == method.peft_type and m.name != method.name), None)
-    if clash is not None:
-        raise ValueError(f"peft_type {method.peft_type!r} is already used by method {clash.name!r}")
-    if not (dataclasses.is_dataclass(method.options) and issubclass(method.options, MethodOptions)):
-        raise TypeError(f"{method.name}: options must be a MethodOptions dataclass")
-    if not issubclass(method.weights, AdapterWeights):
-        raise TypeError(f"{method.name}: weights must subclass peft_inits.adapters.AdapterWeights")
-    unknown = sorted(set(method.defaults) - set(TASK_FAMILIES))
-    if unknown:
-        raise ValueError(f"{method.name}: unknown runner families {unknown}; known: {', '.join(TASK_FAMILIES)}")
-    method.options()  # the defaults themselves must validate
-    method.weights.method = method.name
-    method.config = make_config_class(method)
     _METHODS[method.name] = method
-    register_config(method.config)
-    return method
 
 
-def unregister_method(name: str) -> Method:
-    """Remove a method (e.g. one a test or notebook registered) from the registry and from PEFT's mappings."""
-    from .peft_bridge import unregister_config
-
+def remove_method(name: str) -> Method:
+    """Take a method out of the store and return it."""
     method = get_method(name)
     del _METHODS[name]
-    unregister_config(method.config)
     return method
 
 

@@ -20,16 +20,8 @@ from peft_inits import functional as Fn
 from peft_inits.checkpoint import load_adapter, read_config, save_adapter
 from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
-from peft_inits.registry import (
-    Method,
-    MethodOptions,
-    RunnerDefaults,
-    get_method,
-    method_names,
-    methods,
-    register_method,
-    unregister_method,
-)
+from peft_inits.registration import register_method, unregister_method
+from peft_inits.registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, methods
 from peft_inits.training import compare, encoder
 from peft_inits.training.methods import prepare
 from peft_inits.training.options import option_specs

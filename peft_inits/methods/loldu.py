@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
-from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+from ..registration import register_method
+from ..registry import Method, MethodOptions, RunnerDefaults
 
 Z_INITS = ("lu", "uniform", "s_uniform", "normal", "s_normal", "constant", "ones", "zeros")
 IDENTITY_Z_INITS = ("lu", "uniform", "normal", "constant")  # residual built from z₀: no change at step 0

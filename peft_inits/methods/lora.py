@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, AdapterWeights, set_random
-from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+from ..registration import register_method
+from ..registry import Method, MethodOptions, RunnerDefaults
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec
-from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+from ..registration import register_method
+from ..registry import Method, MethodOptions, RunnerDefaults
 from .pissa import PiSSAWeights
 
 

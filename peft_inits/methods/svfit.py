@@ -14,7 +14,8 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
-from ..registry import Method, MethodOptions, RunnerDefaults, register_method
+from ..registration import register_method
+from ..registry import Method, MethodOptions, RunnerDefaults
 
 
 @dataclass(frozen=True)
