@@ -4,7 +4,8 @@ directory outside the checkout (`python <checkout>/tests/wheel_smoke.py`).
 Checks: the package comes from site-packages, not a checkout, with every file git tracks under peft_inits/ (code
 and data) and nothing else; every module imports; each registered method wraps a
 Linear + Conv2d model, trains a step, saves and reloads through `PeftModel.from_pretrained` to the same outputs; the
-shipped glyph model unpacks and samples one image. Prints what it checked; exits non-zero on the first failure.
+shipped glyph model unpacks and samples one image; the `peft-inits` console script lists every command and each
+command's --help works. Prints what it checked; exits non-zero on the first failure.
 """
 
 from __future__ import annotations
@@ -70,6 +71,19 @@ def import_every_module() -> int:
     return len(names)
 
 
+def console_script_runs_every_help() -> list[str]:
+    """`peft-inits --help` lists the commands and each command's --help exits 0 (the script the wheel installed)."""
+    from peft_inits.cli import COMMANDS
+
+    script = Path(sys.executable).with_name("peft-inits")
+    listing = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert all(name in listing for name in COMMANDS), listing
+    for name in COMMANDS:
+        done = subprocess.run([str(script), name, "--help"], capture_output=True, text=True)
+        assert done.returncode == 0 and "usage:" in done.stdout, f"peft-inits {name} --help: {done.stderr[-2000:]}"
+    return list(COMMANDS)
+
+
 def round_trip_every_method(folder: Path) -> list[str]:
     from peft import PeftModel, get_peft_model
 
@@ -113,6 +127,7 @@ def main() -> int:
     location = installed_outside_a_checkout()
     print(f"peft_inits from {location}: {every_tracked_file_installed(location)} files, as tracked in the checkout")
     print(f"{import_every_module()} modules import")
+    print(f"peft-inits --help and each command's --help: {', '.join(console_script_runs_every_help())}")
     with tempfile.TemporaryDirectory() as tmp:
         print(f"wrap, train a step, save, reload: {', '.join(round_trip_every_method(Path(tmp)))}")
         print(f"shipped glyph model sampled one {'×'.join(map(str, sample_the_shipped_model(Path(tmp))))} image")
