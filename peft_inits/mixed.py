@@ -47,7 +47,8 @@ def mixed_batch(model: nn.Module, adapter_names: Sequence[str], *, num_beams: in
         plan = [(routed, [name for name in names for _ in range(num_beams)])]
         encoder = model.get_encoder() if callable(getattr(model, "get_encoder", None)) else None
         if encoder is not None:  # registered second, so the encoder's layers see the original names
-            plan.append(([m for m in encoder.modules() if m in set(routed)], names))
+            routed_ids = {id(m) for m in routed}
+            plan.append(([m for m in encoder.modules() if id(m) in routed_ids], names))
     handles = [
         module.register_forward_pre_hook(_names_hook(per_sample), with_kwargs=True)
         for modules, per_sample in plan
