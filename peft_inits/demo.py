@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _sentences(tokenizer) -> dict[str, torch.Tensor]:
-    text = ["Adapters initialised from the weight itself.", "LoRA, SVFit and LoLDU share one interface."]
+    text = ["Adapters initialised from the weight itself.", "Every registered method shares one interface."]
     return tokenizer(text, padding=True, return_tensors="pt")
 
 

@@ -1,6 +1,6 @@
 """Reference maths of every adapter: pure tensor functions, no modules, no state.
 
-All three adapters compute the same *down → gain → up* delta (DESIGN.md §1)::
+Every adapter computes the same *down → gain → up* delta::
 
     Δy = scale · C · (g ⊙ (R · x))        ΔW = scale · C · diag(g) · R
 
@@ -88,7 +88,7 @@ def svd_top_r(
 
     The randomized path is a Halko et al. range finder with `oversample` extra columns and `niter` power iterations.
     Wᵀ·Q is formed as (Qᵀ·W)ᵀ, which reads W in its own row-major layout: no transposed copy of W and no slow
-    transposed GEMM (DESIGN.md §6). W is copied only when it must change dtype.
+    transposed GEMM (docs/performance.md). W is copied only when it must change dtype.
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"decompositions run in float32 or float64, not {dtype}")
@@ -208,7 +208,7 @@ def _partial_lapack(W: Tensor, r: int) -> LDUFactors:
     """The official code's factors: `torch.linalg.lu` of all of W, its first r pivots as LAPACK left them.
 
     On a W of numerical rank below r the pivots past the rank are rounding noise, and so are the L columns and U rows
-    divided by them; they are kept as they are (official parity, DESIGN.md §1), only a division that would overflow
+    divided by them; they are kept as they are (official parity), only a division that would overflow
     (an exact zero pivot: NaN in the official code) takes the pivot as 1.
     """
     LU, pivots, _ = torch.linalg.lu_factor_ex(W)

@@ -55,8 +55,8 @@ def test_randomized_svd_reloads_to_the_same_factors(tmp_path):
 
 
 def _official_loldu_weight(W: torch.Tensor, r: int, sigma: float, z0: torch.Tensor, z: torch.Tensor, init: str):
-    """W′ of the official LoLDU code, written from the paper and the behaviour DESIGN.md §1 records: full LU with
-    partial pivoting, residual W − σ·P L_r diag(z_res) U_r, with z_res = z₀ for the three inits whose in-place
+    """W′ of the official LoLDU code, written from the paper and the behaviour the official code shows when run: full
+    LU with partial pivoting, residual W − σ·P L_r diag(z_res) U_r, with z_res = z₀ for the three inits whose in-place
     re-initialisation aliases the residual's tensor (uniform, normal, constant) and the true D_r otherwise."""
     P, L, U = torch.linalg.lu(W.double())
     D = torch.diagonal(U)[:r]

@@ -3,7 +3,8 @@
 ΔW = P L_r diag(σ·z − σ₀·z_ref) U_r with σ = alpha / r (fixed unless `train_sigma`). `z_ref` is what the official
 code (SKDDJ/LoLDU, `get_residual_matrix`) builds its residual from: D_r for `lu`, `ones`, `zeros`, `s_uniform` and
 `s_normal` (so all but `lu` change the output at step 0), but z₀ itself for `uniform`, `normal` and `constant`, whose
-in-place re-initialisation aliases the residual's tensor — those three are identities at step 0 (DESIGN.md §1).
+in-place re-initialisation aliases the residual's tensor — those three are identities at step 0 (checked by running
+the official code).
 With plain Adam and no weight decay on z (our runners never decay vectors), the trajectory of z − z₀ is then the
 same for every identity init: only weight decay would tell `lu`, `uniform`, `normal` and `constant` apart.
 

@@ -1,7 +1,7 @@
 """SVFit (Sun et al. 2024, arXiv 2409.05926): frozen top-r singular vectors of W; only the r singular values train.
 
 The paper writes W = W_e + U_r diag(s) V_rᵀ with W_e frozen; adding the delta U_r diag(s − σ_r) V_rᵀ to the
-untouched W is the same function and keeps the base model intact (DESIGN.md §1).
+untouched W is the same function and keeps the base model intact.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Mixed-adapter batches on the MiniLM shape (q,v, r = 8, random weights): a batch of 64 samples × 64 tokens in which
-sample b uses adapter b mod N, N = 1, 8, 64, 1,024 adapters loaded, against the same batch through one adapter.
+sample b uses adapter b mod N, N = 1, 8, 64, 1,024 adapters loaded, against the same batch through one adapter; the
+adapter banks also on the shipped glyph U-Net (its 80 attention projections, 64 latents).
 
 Variants, all inference (eval, no grad): SVFit, LoLDU and LoRA adapter banks (`Population.from_adapters`: one stacked
 table per layer), our SVFit and LoRA through PEFT's `adapter_names` (N adapters in the PeftModel; N ≤ 64 for SVFit,
@@ -177,3 +178,78 @@ def test_bank_of_64_against_one_adapter(benchmark, method, tmp_path):
     )
     with torch.no_grad():
         benchmark.pedantic(bank_step, rounds=3, warmup_rounds=0, iterations=1)
+
+
+def _glyph_unet():
+    from diffusers import UNet2DConditionModel
+
+    from peft_inits.diffusion.assets import GLYPH_T2I
+
+    return UNet2DConditionModel.from_pretrained(GLYPH_T2I / "unet", torch_dtype=torch.float32).eval()
+
+
+UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # the 80 attention projections of the glyph U-Net
+
+
+@pytest.mark.parametrize("loaded", [1, 64, 1024])
+def test_glyph_unet_bank_against_one_adapter(benchmark, loaded, tmp_path):
+    """The shipped glyph U-Net (8×8×4 latents, MiniLM context): 64 samples, sample b through adapter b mod N."""
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(BATCH, 4, 8, 8, generator=g),
+        "timestep": torch.tensor(500),
+        "encoder_hidden_states": torch.randn(BATCH, 8, 384, generator=g),
+    }
+    per_sample = [b % loaded for b in range(BATCH)]
+    steps, memory, load_s = {}, {}, {}
+    base_bytes = sum(p.numel() * p.element_size() for p in _glyph_unet().parameters())
+    for method in OURS:
+        config = OURS[method](r=RANK, target_modules=UNET_TARGETS)
+        one = get_peft_model(_glyph_unet(), config).eval()
+        _perturb(one, 0)
+        steps[f"{method} one adapter"] = lambda m=one: m(**inputs)
+        template = {n: p.detach().clone() for n, p in one.named_parameters() if p.requires_grad}
+        directories = []
+        for k in range(loaded):
+            with torch.no_grad():
+                for name, param in one.named_parameters():
+                    if name in template:
+                        param.copy_(template[name])
+            _perturb(one, k)
+            directories.append(save_adapter(one, tmp_path / f"{method}-{k}"))
+        _perturb(one, 0)
+        model = get_peft_model(_glyph_unet(), OURS[method](r=RANK, target_modules=UNET_TARGETS)).eval()
+        start = time.perf_counter()
+        bank = Population.from_adapters(model, directories, progress=False)
+        load_s[f"{method} bank"] = time.perf_counter() - start
+        memory[f"{method} bank"] = sum(p.numel() * p.element_size() for p in bank.parameters()) / loaded
+
+        def bank_step(m=model, b=bank):
+            with b.batch(per_sample):
+                m(**inputs)
+
+        steps[f"{method} bank, {loaded} adapters"] = bank_step
+    with torch.no_grad():
+        for step in steps.values():
+            step()
+        best = interleaved_minima(steps, budget_s=20.0, min_rounds=3)
+    one_adapter = {name.split()[0]: seconds for name, seconds in best.items() if "one adapter" in name}
+    ratios = {name: s / one_adapter[name.split()[0]] for name, s in best.items() if "one adapter" not in name}
+    benchmark.group = "mixed batch | glyph U-Net attention | 64 samples"
+    benchmark.extra_info.update(
+        kind="mixed-unet",
+        loaded=loaded,
+        best_s=best,
+        ratio_to_one_adapter=ratios,
+        bytes_per_adapter=memory,
+        model_bytes=base_bytes,
+        load_s=load_s,
+    )
+    print(f"\nglyph U-Net, N = {loaded}:")
+    for name, ratio in ratios.items():
+        load = load_s[name.split(",")[0]]
+        print(f"  {name:32s} {best[name] * 1e3:8.1f} ms  {ratio:5.2f}× one adapter ({load:.1f} s load)")
+    for name, size in memory.items():
+        print(f"  {name:32s} {size:10.0f} B per adapter ({size * 1024 / base_bytes:.2%} of the U-Net for 1,024)")
+    with torch.no_grad():
+        benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
