@@ -65,6 +65,7 @@ class _Member:
     factors: _Factors
     stacked: dict[str, nn.Parameter]
     varying: tuple[int, ...] | None = None  # which of (down, gain, up) depend on the trained tensors
+    gains: tuple[tuple, Tensor] | None = None  # serving: all K gains, with the versions of the tensors they came from
 
 
 class Population:
@@ -96,6 +97,7 @@ class Population:
             }
             self.members.append(_Member(name, layer, _Factors(adapter), stacked))
         self._index: Tensor | None = None
+        self._keep: Tensor | None = None
         self._handles = []
         self._attach()
 
@@ -244,11 +246,13 @@ class Population:
             raise ValueError(f"the adapter index must be a 1-D integer tensor, got {tuple(index.shape)} {index.dtype}")
         if index.numel() and (int(index.min()) < -1 or int(index.max()) >= self.size):
             raise ValueError(f"adapter indices must lie in [-1, {self.size}), got {index.min()}..{index.max()}")
-        previous, self._index = self._index, index.long()
+        previous = self._index, self._keep
+        self._index = index.long()
+        self._keep = (index >= 0) if index.numel() and int(index.min()) < 0 else None  # samples with an adapter
         try:
             yield
         finally:
-            self._index = previous
+            self._index, self._keep = previous
 
     def batch_names(self, names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
         """`batch` by adapter name (a bank's directory names, `names`; "__base__": no adapter)."""
@@ -288,7 +292,8 @@ class Population:
                 raise ValueError(
                     f"{member.name}: input batch of {x.shape[0]} samples but {self._index.numel()} adapter indices"
                 )
-            return output + self._delta(member, x).to(output.dtype)
+            # in place, as the layer's own path: the base output is fresh and Linear/Conv backward does not read it
+            return output.add_(self._delta(member, x).to(output.dtype))
 
         return hook
 
@@ -306,8 +311,14 @@ class Population:
             return tuple(out[i] for i in member.varying)
 
         factors: list[tuple[Tensor | None, bool]] = [(f, False) for f in member.factors()]
-        if member.varying:
-            index = self._index.clamp(min=0)  # −1 (no adapter) borrows copy 0; `_delta` zeroes those samples
+        index = self._index.clamp(min=0)  # −1 (no adapter) borrows copy 0; `_delta` zeroes those samples
+        if member.varying == (1,) and not torch.is_grad_enabled():  # serving a bank: K gains once, then gathers
+            tensors = (*member.stacked.values(), *member.factors.adapter.buffers())
+            versions = tuple((t.data_ptr(), t._version) for t in tensors)  # any step, load or cast recomputes
+            if member.gains is None or member.gains[0] != versions:
+                member.gains = (versions, torch.func.vmap(varying)(member.stacked)[0])
+            factors[1] = (member.gains[1][index.to(member.gains[1].device)], True)
+        elif member.varying:
             gathered = {n: p[index.to(p.device)] for n, p in member.stacked.items()}  # B evaluations, not K
             for position, value in zip(member.varying, torch.func.vmap(varying)(gathered), strict=True):
                 factors[position] = (value, True)
@@ -333,9 +344,9 @@ class Population:
 
     def _without_base_rows(self, delta: Tensor) -> Tensor:
         """Zero the delta of samples served by no adapter (index −1)."""
-        if not bool((self._index < 0).any()):
+        if self._keep is None:
             return delta
-        keep = (self._index >= 0).to(device=delta.device, dtype=delta.dtype)
+        keep = self._keep.to(device=delta.device, dtype=delta.dtype)
         return delta * keep.reshape(-1, *([1] * (delta.ndim - 1)))
 
     def _check_index(self, k: int) -> None:
