@@ -32,6 +32,7 @@ from ..training import cli
 from ..training.flags import setting
 from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
 from .concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts, is_glyph
+from .models import load_pipeline
 from .render import render
 from .scoring import score_samples
 from .world import World, to_pil
@@ -203,7 +204,7 @@ def run_ablation(
     from ..registry import method_names
     from . import runner
     from .scoring import make_scorer
-    from .shipped import model_path
+    from .shipped import SHIPPED, model_path
 
     started = time.perf_counter()
     out = Path(output_dir)
@@ -214,7 +215,7 @@ def run_ablation(
     identity, style = settings.concepts()
     scorer, note = make_scorer(judge=judge, cache_dir=cache_dir, glyph_model=True, progress=progress)
     record = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}
-    record.update(methods=methods, model=model or runner.SHIPPED)
+    record.update(methods=methods, model=model or SHIPPED)
     record = json.loads(json.dumps(record))  # as saved, so a rerun's comparison with the saved scores is exact
     jobs = [(m, s) for m in methods for s in settings.seeds]
     per_job_images = len(ABLATION_ROWS) * 2 * settings.prompts * len(settings.sample_seeds)
@@ -240,7 +241,7 @@ def run_ablation(
                     kept_images[method] = _load_cells(out / "cells" / key, len(ABLATION_ROWS))
                 render_bar.update(per_job_images)
                 continue
-            pipe = runner.load_pipeline(model_path(model, cache_dir))
+            pipe = load_pipeline(model_path(model, cache_dir))
             composition = compose_rows(
                 pipe, dirs["identity"] / "weights", dirs["style"] / "weights", num_prompts=settings.prompts,
                 seeds=settings.sample_seeds, steps=settings.sample_steps, guidance=settings.guidance, both=True,
@@ -327,11 +328,10 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _reference_rows(settings, model, cache_dir, scorer) -> dict[str, dict[str, Any]]:
     """The base model on the same prompts (no adapter knows the tokens) and renders of the prompted scenes."""
-    from . import runner
     from .shipped import model_path
 
     identity, style = settings.concepts()
-    pipe = runner.load_pipeline(model_path(model, cache_dir))
+    pipe = load_pipeline(model_path(model, cache_dir))
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     prompts = concept_prompts([identity, style], settings.prompts)
     per_image = [p for p in prompts for _ in settings.sample_seeds]

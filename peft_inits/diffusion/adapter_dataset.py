@@ -98,7 +98,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def _pipeline(model: str | None, cache_dir: str):
-    from .runner import load_pipeline
+    from .models import load_pipeline
 
     return load_pipeline(model_path(model, cache_dir)), model_name(model)
 

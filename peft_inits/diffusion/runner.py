@@ -20,7 +20,6 @@ the code paths in seconds and says nothing about image quality.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -42,11 +41,12 @@ from . import generate_adapter as generation
 from .composition import load_named_adapter
 from .concepts import Prompt
 from .images import load_image_folder
+from .models import load_pipeline
 from .objective import PREDICTION_TYPES, Frozen, diffusion_task
 from .render import render
 from .sampling import DEFAULT_STEPS, generate, save_grid
 from .scoring import make_scorer, score_samples
-from .shipped import DEFAULT_CACHE, SHIPPED, TINY, model_kind, model_path, runner_family
+from .shipped import DEFAULT_CACHE, SHIPPED, model_kind, model_path, runner_family
 from .trainset import check_data, training_set
 
 TRAIN_DEFAULTS = TrainSettings(steps=60, batch_size=2, eval_every=20, warmup=0.0, save_every=20, head_lr=0.0)
@@ -60,51 +60,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd": {"data": "subject", "steps": 60, "batch_size": 2, "eval_every": 20, "save_every": 20, "guidance": 7.0,
            "seeds": [0, 1, 2]},
 }  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------ pipeline
-
-
-def load_pipeline(path: str | None, dtype: torch.dtype = torch.float32):
-    """A diffusers SD pipeline from a local folder (SD-1.x/2.x layout, the unpacked glyph model), or the tiny one."""
-    from diffusers import DDPMScheduler, StableDiffusionPipeline
-
-    if path is None or path == TINY:
-        from .tiny import tiny_pipeline
-
-        return tiny_pipeline()
-    root = Path(path).expanduser()
-    if not root.is_dir():
-        raise FileNotFoundError(f"--model {root} does not exist")
-    if not (root / "unet").is_dir() or not (root / "model_index.json").is_file():
-        raise ValueError(
-            f"--model {root} is not a diffusers SD checkpoint: it needs model_index.json and a unet/ folder"
-        )
-    with _quiet_loading():
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(root), dtype=dtype, safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    return pipe
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No loading bars and no 'Expected types for text_encoder' note (the glyph model's MiniLM is no CLIP)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
 
 
 def _device_and_dtype(mixed_precision: str) -> tuple[torch.device, torch.dtype]:

@@ -142,7 +142,7 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Scores of every weight descriptor and both image baselines on one method's style collection; `training`:
     `training_features` by concept id."""
-    from .runner import load_pipeline
+    from .models import load_pipeline
     from .shipped import model_path
 
     dataset = D.read_dataset(root)

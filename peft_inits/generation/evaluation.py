@@ -132,7 +132,7 @@ def evaluate(
     from ..diffusion.composition import Placement, apply_placements, load_named_adapter
     from ..diffusion.judge import cached_judge, load_judge
     from ..diffusion.metrics import ClipDinoScorer, JudgeScorer, subject_fidelity
-    from ..diffusion.runner import load_pipeline
+    from ..diffusion.models import load_pipeline
     from ..diffusion.sampling import generate, save_grid
     from ..diffusion.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
     from .pipeline import FeatureChoice
