@@ -47,8 +47,9 @@ def _perturb(model, seed: int) -> None:
                 param.add_(0.05 * torch.randn(param.shape, generator=generator))
 
 
-def _bank_members(method: str, count: int, folder) -> list:
-    model = _ours(method)
+def _bank_members(build, count: int, folder) -> list:
+    """`count` different adapters of the model `build()` makes (one adapter, perturbed per k), saved to `folder`."""
+    model = build()
     template = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     directories = []
     for k in range(count):
@@ -57,8 +58,49 @@ def _bank_members(method: str, count: int, folder) -> list:
                 if name in template:
                     param.copy_(template[name])
         _perturb(model, k)
-        directories.append(save_adapter(model, folder / f"{method}-{k}"))
+        directories.append(save_adapter(model, folder / f"member-{k}"))
     return directories
+
+
+def _add_bank(steps: dict, memory: dict, load_s: dict, method: str, build, call, per_sample, folder) -> None:
+    """The one-adapter baseline and a bank of len(set(per_sample)) … adapters of `method`, as timed steps."""
+    one = build()
+    _perturb(one, 0)
+    steps[f"{method} one adapter"] = lambda: call(one)
+    loaded = max(per_sample) + 1
+    directories = _bank_members(build, loaded, folder / method)
+    model = build()
+    start = time.perf_counter()
+    bank = Population.from_adapters(model, directories, progress=False)
+    load_s[f"{method} bank"] = time.perf_counter() - start
+    memory[f"{method} bank"] = sum(p.numel() * p.element_size() for p in bank.parameters()) / loaded
+
+    def bank_step():
+        with bank.batch(per_sample):
+            call(model)
+
+    steps[f"{method} bank, {loaded} adapters"] = bank_step
+
+
+def _time_and_report(benchmark, steps, memory, load_s, *, loaded, model_bytes, group, kind, label, budget_s):
+    """Round-robin minima of every step, ratios to each method's one adapter, recorded and printed."""
+    with torch.no_grad():
+        for step in steps.values():
+            step()  # warm-up
+        best = interleaved_minima(steps, budget_s=budget_s, min_rounds=3)
+    one_adapter = {name.split()[0]: seconds for name, seconds in best.items() if "one adapter" in name}
+    ratios = {name: s / one_adapter[name.split()[0]] for name, s in best.items() if "one adapter" not in name}
+    benchmark.group = group
+    benchmark.extra_info.update(kind=kind, loaded=loaded, best_s=best, ratio_to_one_adapter=ratios,
+                                bytes_per_adapter=memory, model_bytes=model_bytes, load_s=load_s)  # fmt: skip
+    print(f"\n{label}, N = {loaded}:")
+    for name, ratio in ratios.items():
+        load = load_s.get(name.split(",")[0], 0.0)
+        print(f"  {name:42s} {best[name] * 1e3:8.1f} ms  {ratio:5.2f}× one adapter ({load:.1f} s load)")
+    for name, size in memory.items():
+        print(f"  {name:42s} {size:10.0f} B per adapter ({size * 1024 / model_bytes:.2%} of the model for 1,024)")
+    with torch.no_grad():
+        benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
 
 
 def _with_names(build, count: int, add) -> tuple:
@@ -85,21 +127,8 @@ def test_mixed_batch_against_one_adapter(benchmark, loaded, tmp_path):
     base_bytes = sum(p.numel() * p.element_size() for p in minilm_shaped().parameters())
 
     for method in OURS:
-        one = _ours(method)
-        _perturb(one, 0)
-        steps[f"{method} one adapter"] = lambda m=one: m(inputs_embeds=x)
-        directories = _bank_members(method, loaded, tmp_path)
-        model = _ours(method)
-        start = time.perf_counter()
-        bank = Population.from_adapters(model, directories, progress=False)
-        load_s[f"{method} bank"] = time.perf_counter() - start
-        memory[f"{method} bank"] = sum(p.numel() * p.element_size() for p in bank.parameters()) / loaded
-
-        def bank_step(m=model, b=bank):
-            with b.batch(per_sample):
-                m(inputs_embeds=x)
-
-        steps[f"{method} bank, {loaded} adapters"] = bank_step
+        _add_bank(steps, memory, load_s, method, lambda m=method: _ours(m), lambda m: m(inputs_embeds=x), per_sample,
+                  tmp_path)  # fmt: skip
 
     def ours_add(method):
         return lambda model, name: model.add_adapter(name, OURS[method](r=RANK, target_modules=TARGETS))
@@ -126,45 +155,18 @@ def test_mixed_batch_against_one_adapter(benchmark, loaded, tmp_path):
             inputs_embeds=x, adapter_names=n
         )
 
-    with torch.no_grad():
-        for step in steps.values():
-            step()  # warm-up
-        best = interleaved_minima(steps, budget_s=8.0, min_rounds=3)
-    one_adapter = {name.split()[0]: seconds for name, seconds in best.items() if "one adapter" in name}
-    ratios = {name: s / one_adapter[name.split()[0]] for name, s in best.items() if "one adapter" not in name}
-    benchmark.group = "mixed batch | minilm q,v | 64 × 64 tokens"
-    benchmark.extra_info.update(
-        kind="mixed",
-        loaded=loaded,
-        best_s=best,
-        ratio_to_one_adapter=ratios,
-        bytes_per_adapter=memory,
-        model_bytes=base_bytes,
-        load_s=load_s,
-    )
-    print(f"\nN = {loaded}:")
-    for name, ratio in ratios.items():
-        print(f"  {name:42s} {best[name] * 1e3:8.1f} ms  {ratio:5.2f}× one adapter")
-    for name, size in memory.items():
-        print(f"  {name:42s} {size:10.0f} B per adapter ({size * 1024 / base_bytes:.2%} of the model for 1,024)")
-    with torch.no_grad():
-        benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
+    _time_and_report(benchmark, steps, memory, load_s, loaded=loaded, model_bytes=base_bytes, budget_s=8.0,
+                     group="mixed batch | minilm q,v | 64 × 64 tokens", kind="mixed", label="MiniLM")  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["svfit", "loldu"])
 def test_bank_of_64_against_one_adapter(benchmark, method, tmp_path):
     """The goal's setting alone, with a longer round-robin: 64 samples, 64 different adapters vs one adapter."""
     x = torch.randn(BATCH, TOKENS, HIDDEN, generator=torch.Generator().manual_seed(0))
-    one = _ours(method)
-    _perturb(one, 0)
-    model = _ours(method)
-    bank = Population.from_adapters(model, _bank_members(method, BATCH, tmp_path), progress=False)
-
-    def bank_step():
-        with bank.batch(list(range(BATCH))):
-            model(inputs_embeds=x)
-
-    steps = {"one adapter": lambda: one(inputs_embeds=x), "bank of 64": bank_step}
+    steps: dict = {}
+    _add_bank(steps, {}, {}, method, lambda: _ours(method), lambda m: m(inputs_embeds=x), list(range(BATCH)), tmp_path)
+    steps = {"one adapter": steps[f"{method} one adapter"], "bank of 64": steps[f"{method} bank, {BATCH} adapters"]}
+    bank_step = steps["bank of 64"]
     with torch.no_grad():
         for step in steps.values():
             step()
@@ -204,52 +206,11 @@ def test_glyph_unet_bank_against_one_adapter(benchmark, loaded, tmp_path):
     steps, memory, load_s = {}, {}, {}
     base_bytes = sum(p.numel() * p.element_size() for p in _glyph_unet().parameters())
     for method in OURS:
-        config = OURS[method](r=RANK, target_modules=UNET_TARGETS)
-        one = get_peft_model(_glyph_unet(), config).eval()
-        _perturb(one, 0)
-        steps[f"{method} one adapter"] = lambda m=one: m(**inputs)
-        template = {n: p.detach().clone() for n, p in one.named_parameters() if p.requires_grad}
-        directories = []
-        for k in range(loaded):
-            with torch.no_grad():
-                for name, param in one.named_parameters():
-                    if name in template:
-                        param.copy_(template[name])
-            _perturb(one, k)
-            directories.append(save_adapter(one, tmp_path / f"{method}-{k}"))
-        _perturb(one, 0)
-        model = get_peft_model(_glyph_unet(), OURS[method](r=RANK, target_modules=UNET_TARGETS)).eval()
-        start = time.perf_counter()
-        bank = Population.from_adapters(model, directories, progress=False)
-        load_s[f"{method} bank"] = time.perf_counter() - start
-        memory[f"{method} bank"] = sum(p.numel() * p.element_size() for p in bank.parameters()) / loaded
 
-        def bank_step(m=model, b=bank):
-            with b.batch(per_sample):
-                m(**inputs)
+        def build(method=method):
+            return get_peft_model(_glyph_unet(), OURS[method](r=RANK, target_modules=UNET_TARGETS)).eval()
 
-        steps[f"{method} bank, {loaded} adapters"] = bank_step
-    with torch.no_grad():
-        for step in steps.values():
-            step()
-        best = interleaved_minima(steps, budget_s=20.0, min_rounds=3)
-    one_adapter = {name.split()[0]: seconds for name, seconds in best.items() if "one adapter" in name}
-    ratios = {name: s / one_adapter[name.split()[0]] for name, s in best.items() if "one adapter" not in name}
-    benchmark.group = "mixed batch | glyph U-Net attention | 64 samples"
-    benchmark.extra_info.update(
-        kind="mixed-unet",
-        loaded=loaded,
-        best_s=best,
-        ratio_to_one_adapter=ratios,
-        bytes_per_adapter=memory,
-        model_bytes=base_bytes,
-        load_s=load_s,
-    )
-    print(f"\nglyph U-Net, N = {loaded}:")
-    for name, ratio in ratios.items():
-        load = load_s[name.split(",")[0]]
-        print(f"  {name:32s} {best[name] * 1e3:8.1f} ms  {ratio:5.2f}× one adapter ({load:.1f} s load)")
-    for name, size in memory.items():
-        print(f"  {name:32s} {size:10.0f} B per adapter ({size * 1024 / base_bytes:.2%} of the U-Net for 1,024)")
-    with torch.no_grad():
-        benchmark.pedantic(steps[f"svfit bank, {loaded} adapters"], rounds=3, warmup_rounds=0, iterations=1)
+        _add_bank(steps, memory, load_s, method, build, lambda m: m(**inputs), per_sample, tmp_path)
+    _time_and_report(benchmark, steps, memory, load_s, loaded=loaded, model_bytes=base_bytes, budget_s=20.0,
+                     group="mixed batch | glyph U-Net attention | 64 samples", kind="mixed-unet",
+                     label="glyph U-Net")  # fmt: skip
