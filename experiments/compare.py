@@ -4,11 +4,11 @@
     python experiments/compare.py --long                            # the faithful run (all data, 1,000 steps of 32)
     python experiments/compare.py --methods lora,loldu --sweep loldu.r=1,8,64,full
 
-All options: --help. The machinery lives in `peft_inits.training.compare`.
+All options: --help. The machinery lives in `peft_inits.studies.compare`.
 """
 
+from peft_inits.studies.compare import main, parse_args
 from peft_inits.training.cli import run_script
-from peft_inits.training.compare import main, parse_args
 
 if __name__ == "__main__":
     run_script(main, parse_args)

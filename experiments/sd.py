@@ -13,7 +13,7 @@ from peft_inits.diffusion.quiet import silence_image_processor_fallback
 
 silence_image_processor_fallback()  # before diffusers loads its pipelines
 
-from peft_inits.diffusion.runner import main, parse_args  # noqa: E402
+from peft_inits.cli.sd import main, parse_args  # noqa: E402
 
 if __name__ == "__main__":
     main(parse_args())

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from peft_inits.checkpoint import read_tensors
+from peft_inits.cli.sd import main, parse_args
 from peft_inits.collection import index_collection
-from peft_inits.diffusion import adapter_dataset as A
 from peft_inits.diffusion.composition import load_named_adapter
 from peft_inits.diffusion.objective import Frozen, noise_loss
-from peft_inits.diffusion.runner import main, parse_args
 from peft_inits.diffusion.tiny import tiny_pipeline
-from peft_inits.diffusion.world import SUBJECTS
+from peft_inits.generation import builder as A
 from peft_inits.generation import dataset as D
+from peft_inits.glyph.world import SUBJECTS
 
 SMALL = ["--model", "tiny", "--subjects", "2", "--heldout", "1", "--steps", "2", "--images", "4", "--references", "2"]
 
@@ -116,7 +116,7 @@ def test_population_loss_is_the_runner_loss():
     frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(torch.device("cpu"))
     args = parse_args(["adapter-dataset", "--method", "lora", "--output-dir", "unused"])
     from peft_inits.population import Population
-    from peft_inits.training.methods import prepare
+    from peft_inits.training.prepare import prepare
 
     unet = prepare(pipe.unet, A._adapter_settings(args)).model
     population = Population(unet, 2)

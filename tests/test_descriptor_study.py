@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from peft_inits.training import descriptor_study as study
+from peft_inits.studies import descriptor_study as study
 
 
 @pytest.mark.parametrize("style", study.STYLE_NAMES)

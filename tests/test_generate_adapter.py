@@ -13,10 +13,10 @@ from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
 from peft_inits.checkpoint import load_tensors, save_adapter, verify_adapter_dir, write_adapter_dir
-from peft_inits.diffusion import runner
+from peft_inits.cli import sd as runner
 from peft_inits.diffusion.composition import load_named_adapter
-from peft_inits.diffusion.judge import Judge, save_judge
 from peft_inits.diffusion.tiny import tiny_pipeline
+from peft_inits.glyph.judge import Judge, save_judge
 from peft_inits.training.rundir import read_records, without_timing
 from peft_inits.training.sampler import StepSampler
 
@@ -260,7 +260,7 @@ def test_image_encoder_features_clip_and_dino(world, encoders, tmp_path):
 
 
 def test_model_names_resolve_like_the_data_set_writes_them(tmp_path):
-    from peft_inits.generation.pipeline import model_folder
+    from peft_inits.generation.workflow import model_folder
 
     assert model_folder(None) is None and model_folder("tiny") is None
     unpacked = model_folder("glyph-t2i", tmp_path)  # the shipped model, unpacked (links) into the cache

@@ -13,7 +13,7 @@ from peft_inits.generation.generator import (
     sample_tokens,
 )
 from peft_inits.generation.representation import Codec, LayerLayout, canonical_pair, layer_vector, vector_tensors
-from peft_inits.training.runner import execute
+from peft_inits.training.run import execute
 from peft_inits.training.settings import AdapterSettings, TrainSettings
 
 WIDTHS = (2, 3, 5)  # three "layers" of different widths: padding and masks are exercised

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from peft_inits import functional as Fn
-from peft_inits.diffusion.assets import GLYPH_T2I
+from peft_inits.glyph.assets import GLYPH_T2I
 from peft_inits.registry import methods
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

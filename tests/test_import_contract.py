@@ -23,6 +23,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+# Modules that still parse arguments outside the command line (issue 20); the list may only shrink.
+ALLOWED_ARGPARSE = [
+    "collection", "demo", "generation.builder", "studies.ablation", "studies.compare", "studies.descriptor_study",
+    "studies.style_descriptors", "training.cli", "training.encoder", "training.flags", "training.options",
+    "training.vit",
+]  # fmt: skip
 PACKAGE = Path(__file__).resolve().parents[1] / "peft_inits"
 LAYERS = [
     ["functional", "atomic", "kernels", "registry", "peft_types"],
@@ -32,10 +38,12 @@ LAYERS = [
     ["peft_bridge", "registration"],
     ["methods"],
     ["export", "descriptors", "population"],
-    ["collection", "demo", "training", "diffusion", "generation"],
+    ["collection", "demo", "training", "diffusion"],
+    ["glyph"],
+    ["generation"],
+    ["studies"],
     ["cli"],
 ]
-KNOWN_CYCLES = [{"diffusion.ablation", "diffusion.runner"}]
 
 
 def _modules() -> dict[str, Path]:
@@ -160,12 +168,31 @@ def test_no_module_imports_one_above_it():
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
 
 
-def test_no_import_cycles_beyond_the_known_one():
-    new = [sorted(c) for c in cycles(import_graph()) if not any(c <= known for known in KNOWN_CYCLES)]
-    assert not new, f"import cycles: {new}"
+def test_no_import_cycles():
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, f"import cycles: {found}"
 
 
 def test_the_contract_sees_imports_inside_functions():
-    """The known cycle runs through function-level imports, so a reader that missed them would pass vacuously."""
-    assert any(c <= KNOWN_CYCLES[0] and len(c) > 1 for c in cycles(import_graph()))
-    assert "registry" not in {t for t in import_graph()["registry"]}
+    """The ablation imports the SD training engine only inside a function: a reader that missed such imports would
+    pass the layer rule vacuously."""
+    assert "diffusion.train" in import_graph()["studies.ablation"]
+    assert "registry" not in import_graph()["registry"]
+
+
+def test_only_the_command_line_parses_arguments():
+    """Library functions take settings dataclasses; argparse lives in `cli`, the application on top."""
+    importers = sorted(
+        name for name, path in _modules().items()
+        if name.split(".")[0] != "cli" and _imports_argparse(ast.parse(path.read_text()))
+    )  # fmt: skip
+    assert importers == ALLOWED_ARGPARSE, f"argparse outside cli/: {importers}"
+
+
+def _imports_argparse(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(a.name == "argparse" for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.module == "argparse":
+            return True
+    return False

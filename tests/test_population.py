@@ -13,8 +13,8 @@ from peft_inits.checkpoint import load_adapter
 from peft_inits.layers import adapter_layers
 from peft_inits.population import Population, per_adapter_mean
 from peft_inits.registry import get_method, method_names
-from peft_inits.training.methods import prepare
 from peft_inits.training.optim import build_optimizer
+from peft_inits.training.prepare import prepare
 from peft_inits.training.settings import AdapterSettings, TrainSettings
 
 K, PER_ADAPTER, STEPS, LR = 3, 2, 4, 2e-2

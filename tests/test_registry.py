@@ -22,9 +22,10 @@ from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
 from peft_inits.registration import register_method, unregister_method
 from peft_inits.registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, methods
-from peft_inits.training import compare, encoder
-from peft_inits.training.methods import prepare
+from peft_inits.studies import compare
+from peft_inits.training import encoder
 from peft_inits.training.options import option_specs
+from peft_inits.training.prepare import prepare
 
 pytest_plugins = ("runner_fixtures",)
 X = torch.randn(6, 13, generator=torch.Generator().manual_seed(0))
@@ -293,8 +294,8 @@ def test_rook_and_complete_capture_at_least_partial_energy_at_every_rank():
 
 
 def test_compare_sweeps_a_method_option():
+    from peft_inits.studies.variants import build_variants
     from peft_inits.training.settings import AdapterSettings
-    from peft_inits.training.variants import build_variants
 
     rows = build_variants(["lora", "loldu"], AdapterSettings(), sweeps=["loldu.pivoting=partial,rook,complete"])
     assert [v.label for v in rows] == ["lora", *(f"loldu pivoting={p}" for p in ("partial", "rook", "complete"))]

@@ -8,10 +8,10 @@ import pytest
 from runner_helpers import load_script
 
 from peft_inits import method_names
-from peft_inits.training import compare
+from peft_inits.studies import compare
+from peft_inits.studies.variants import build_variants
 from peft_inits.training.settings import AdapterSettings
 from peft_inits.training.tables import render
-from peft_inits.training.variants import build_variants
 
 BASE = AdapterSettings()
 

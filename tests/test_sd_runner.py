@@ -12,7 +12,7 @@ from runner_helpers import Crash, crash_at
 from tiny_models import sd15_unet_meta
 
 from peft_inits import SVFitConfig
-from peft_inits.diffusion import runner
+from peft_inits.cli import sd as runner
 from peft_inits.training.rundir import read_records, without_timing
 
 FAST = (

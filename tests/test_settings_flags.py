@@ -80,11 +80,11 @@ def test_a_type_without_a_flag_form_is_refused_at_declaration():
 
 
 def test_runner_commands_default_to_their_settings_dataclasses():
-    from peft_inits.diffusion.ablation import AblationSettings
-    from peft_inits.diffusion.pretrain import PretrainSettings
-    from peft_inits.diffusion.runner import parse_args
+    from peft_inits.cli.sd import parse_args
     from peft_inits.generation.evaluation import EvalSettings
     from peft_inits.generation.generator import GeneratorSettings
+    from peft_inits.glyph.pretrain import PretrainSettings
+    from peft_inits.studies.ablation import AblationSettings
 
     assert settings_from_args(AblationSettings, parse_args(["ablation"])) == AblationSettings()
     assert settings_from_args(PretrainSettings, parse_args(["pretrain"])) == PretrainSettings()

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from peft_inits.checkpoint import load_tensors
-from peft_inits.diffusion import runner
-from peft_inits.diffusion.judge import JudgeSettings, save_judge, train_judge
-from peft_inits.diffusion.style_descriptors import style_concepts
+from peft_inits.cli import sd as runner
 from peft_inits.generation.dataset import read_dataset
+from peft_inits.glyph.judge import JudgeSettings, save_judge, train_judge
+from peft_inits.studies.style_descriptors import style_concepts
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from peft_inits.diffusion import runner
-from peft_inits.diffusion.ablation import ABLATION_ROWS, METRICS, AblationSettings, compose_rows, run_ablation
-from peft_inits.diffusion.concepts import GlyphConcept, concept_prompts, worded_attributes
+from peft_inits.cli import sd as runner
 from peft_inits.diffusion.images import FixedImages
-from peft_inits.diffusion.judge import JudgeSettings, load_judge, save_judge, train_judge
 from peft_inits.diffusion.metrics import JudgeScorer
 from peft_inits.diffusion.objective import DreamBoothData, Frozen
-from peft_inits.diffusion.shipped import model_kind, shipped_model
 from peft_inits.diffusion.tiny import tiny_pipeline
-from peft_inits.diffusion.world import SUBJECTS
+from peft_inits.glyph.concepts import GlyphConcept, concept_prompts, worded_attributes
+from peft_inits.glyph.judge import JudgeSettings, load_judge, save_judge, train_judge
+from peft_inits.glyph.shipped import model_kind, shipped_model
+from peft_inits.glyph.world import SUBJECTS
+from peft_inits.studies.ablation import ABLATION_ROWS, METRICS, AblationSettings, compose_rows, run_ablation
 
 TINY_RUN = (
     *("--model", "tiny", "--steps", "2", "--batch-size", "2", "--eval-every", "2", "--save-every", "2"),
@@ -190,7 +190,7 @@ def test_ablation_runs_on_the_shipped_model(tmp_path, judge_dir):
 
 def test_verdict_reads_the_paper_pattern():
     """Synthetic means shaped like the paper's finding reproduce; a style adapter that learned nothing gives None."""
-    from peft_inits.diffusion.ablation import verdict
+    from peft_inits.studies.ablation import verdict
 
     def cell(value: float) -> dict:
         return {"mean": value, "std": 0.0, "n": 3}

@@ -8,9 +8,9 @@ import torch
 from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits.diffusion import metrics
-from peft_inits.diffusion.judge import Judge, JudgeSettings, attribute_classes, load_judge, save_judge, train_judge
 from peft_inits.diffusion.metrics import ClipDinoScorer, JudgeScorer, score
-from peft_inits.diffusion.world import Scene, World, render, to_pil
+from peft_inits.glyph.judge import Judge, JudgeSettings, attribute_classes, load_judge, save_judge, train_judge
+from peft_inits.glyph.world import Scene, World, render, to_pil
 
 
 def _scene_images(scene: Scene, count: int, seed: int = 0) -> list:
@@ -135,7 +135,7 @@ def _folder(path, images) -> str:
 def test_score_command_with_clip_dino_and_with_the_judge(clip_and_dino, judge, tmp_path):
     import json
 
-    from peft_inits.diffusion import runner
+    from peft_inits.cli import sd as runner
 
     generated = _folder(tmp_path / "gen", _scene_images(RED_K, 1) * 3)
     references = _folder(tmp_path / "ref", _scene_images(RED_K, 1) * 2)

@@ -11,8 +11,8 @@ from PIL import Image
 from runner_helpers import Crash
 
 from peft_inits import SVFitConfig
-from peft_inits.diffusion import runner
-from peft_inits.diffusion.pretrain import PretrainSettings, pretrain
+from peft_inits.cli import sd as runner
+from peft_inits.glyph.pretrain import PretrainSettings, pretrain
 from peft_inits.training.rundir import read_records, without_timing
 from peft_inits.training.sampler import StepSampler
 
@@ -164,8 +164,8 @@ def test_sd_block_names_resolve_on_the_pretrained_unet(straight):
 
 
 def test_quality_report_on_the_saved_model(straight, tmp_path):
-    from peft_inits.diffusion.judge import ATTRIBUTES, JudgeSettings, train_judge
-    from peft_inits.diffusion.quality import measure, prompt_scenes
+    from peft_inits.glyph.judge import ATTRIBUTES, JudgeSettings, train_judge
+    from peft_inits.glyph.quality import measure, prompt_scenes
 
     judge, _ = train_judge(JudgeSettings(images=300, steps=5, batch_size=16))
     pipe = runner.load_pipeline(str(straight[0] / "model"))
@@ -184,7 +184,7 @@ def test_quality_report_on_the_saved_model(straight, tmp_path):
 def test_pack_and_unpack_keep_the_model(straight, tmp_path):
     import torch
 
-    from peft_inits.diffusion.assets import loss_curves, pack, unpack
+    from peft_inits.glyph.assets import loss_curves, pack, unpack
 
     packed = pack(straight[0] / "model", tmp_path / "packed", {"note": "tiny"})
     size = sum(p.stat().st_size for p in packed.rglob("*") if p.is_file())

@@ -7,8 +7,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from peft_inits.diffusion import runner
-from peft_inits.diffusion.assets import GLYPH_T2I, unpack
+from peft_inits.cli import sd as runner
+from peft_inits.glyph.assets import GLYPH_T2I, unpack
 
 
 def test_shipped_model_is_small_and_its_record_is_consistent():

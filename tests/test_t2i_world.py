@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peft_inits.diffusion import world
-from peft_inits.diffusion.world import Scene, World, attribute_values, render
+from peft_inits.glyph import world
+from peft_inits.glyph.world import Scene, World, attribute_values, render
 
 
 def test_items_are_a_function_of_seed_and_index():

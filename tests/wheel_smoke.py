@@ -112,9 +112,9 @@ def round_trip_every_method(folder: Path) -> list[str]:
 
 
 def sample_the_shipped_model(folder: Path) -> tuple[int, ...]:
-    from peft_inits.diffusion.runner import load_pipeline
+    from peft_inits.cli.sd import load_pipeline
     from peft_inits.diffusion.sampling import generate
-    from peft_inits.diffusion.shipped import shipped_model
+    from peft_inits.glyph.shipped import shipped_model
 
     pipe = load_pipeline(str(shipped_model(cache_dir=folder)))
     image = generate(pipe, ["a red serif letter a on a brick wall"], [0], steps=8)[0][0]

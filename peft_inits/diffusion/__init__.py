@@ -1,1 +1,1 @@
-"""Stable Diffusion pieces of the SD runner: pipelines, image data, sampling, composition."""
+"""Stable Diffusion adapter engine: pipelines, DreamBooth objective and data, sampling, composition, metrics."""

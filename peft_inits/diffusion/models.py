@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .shipped import TINY
+from .tiny import TINY
 
 
 def load_pipeline(path: str | None, dtype: torch.dtype = torch.float32):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+TINY = "tiny"  # the name `--model` and `load_pipeline` take for this pipeline
 SD_DOWN_BLOCKS = ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D")
 SD_UP_BLOCKS = ("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D")
 TEXT_WIDTH = 16

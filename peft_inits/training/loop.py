@@ -19,8 +19,8 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from . import rng, state
-from .methods import Prepared, trainable_state
 from .optim import build_optimizer, build_scheduler, learning_rates
+from .prepare import Prepared, trainable_state
 from .rundir import RunDir
 from .sampler import StepSampler
 from .settings import TrainSettings

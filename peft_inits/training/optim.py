@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from .methods import Prepared
+from .prepare import Prepared
 from .settings import TrainSettings
 
 

@@ -24,7 +24,7 @@ from .data import digits
 from .data.images import ImageCorpus
 from .data.local_images import load_image_folder
 from .encoder import default_output_dir, format_summary
-from .runner import execute
+from .run import execute
 from .settings import TrainSettings
 from .vit_models import VisionModel, digits_model, timm_model, transformers_model
 

@@ -61,7 +61,7 @@ def pretrained_digits_vit(cache: str | os.PathLike | None = None, progress: bool
     from transformers import ViTConfig, ViTForImageClassification
 
     from .classification import classification_task, hf_logits
-    from .runner import execute
+    from .run import execute
     from .settings import AdapterSettings, TrainSettings
 
     directory = cache_dir(cache) / "vit-digits" / _digits_key()

@@ -185,7 +185,7 @@ def test_bank_of_64_against_one_adapter(benchmark, method, tmp_path):
 def _glyph_unet():
     from diffusers import UNet2DConditionModel
 
-    from peft_inits.diffusion.assets import GLYPH_T2I
+    from peft_inits.glyph.assets import GLYPH_T2I
 
     return UNet2DConditionModel.from_pretrained(GLYPH_T2I / "unet", torch_dtype=torch.float32).eval()
 

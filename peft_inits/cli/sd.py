@@ -30,24 +30,25 @@ from typing import Any
 import torch
 
 from ..atomic import atomic_write
+from ..diffusion.composition import load_named_adapter
+from ..diffusion.images import load_image_folder
+from ..diffusion.models import load_pipeline
+from ..diffusion.objective import PREDICTION_TYPES
+from ..diffusion.sampling import DEFAULT_STEPS, generate, save_grid
+from ..diffusion.train import SampleSettings, device_and_dtype, frozen_parts, native_resolution, train_adapter
+from ..diffusion.trainset import PhotoData, photo_training_set, prompt_texts
 from ..export import LAYOUTS, export_diffusers_lora, export_kohya, export_peft_lora
+from ..generation import builder as adapter_dataset
+from ..glyph.concepts import GlyphConcept, is_glyph
+from ..glyph.scoring import make_scorer, sample_scorer
+from ..glyph.shipped import DEFAULT_CACHE, SHIPPED, model_kind, model_path, runner_family
+from ..glyph.trainset import check_data, glyph_training_set
 from ..registry import method_names
+from ..studies import style_descriptors
 from ..training import cli
 from ..training.flags import add_settings_flags, settings_from_args
-from ..training.runner import execute
 from ..training.settings import TrainSettings, default_lr
-from . import adapter_dataset, style_descriptors
-from . import generate_adapter as generation
-from .composition import load_named_adapter
-from .concepts import Prompt
-from .images import load_image_folder
-from .models import load_pipeline
-from .objective import PREDICTION_TYPES, Frozen, diffusion_task
-from .render import render
-from .sampling import DEFAULT_STEPS, generate, save_grid
-from .scoring import make_scorer, score_samples
-from .shipped import DEFAULT_CACHE, SHIPPED, model_kind, model_path, runner_family
-from .trainset import check_data, training_set
+from . import generation
 
 TRAIN_DEFAULTS = TrainSettings(steps=60, batch_size=2, eval_every=20, warmup=0.0, save_every=20, head_lr=0.0)
 # Per --model kind, the defaults of options left unset: the shipped glyph model trains a held-out glyph; the tiny
@@ -60,13 +61,6 @@ MODEL_DEFAULTS: dict[str, dict[str, Any]] = {
     "sd": {"data": "subject", "steps": 60, "batch_size": 2, "eval_every": 20, "save_every": 20, "guidance": 7.0,
            "seeds": [0, 1, 2]},
 }  # fmt: skip
-
-
-def _device_and_dtype(mixed_precision: str) -> tuple[torch.device, torch.dtype]:
-    if not torch.cuda.is_available():
-        return torch.device("cpu"), torch.float32
-    half = torch.bfloat16 if mixed_precision in ("auto", "bf16") and torch.cuda.is_bf16_supported() else torch.float16
-    return torch.device("cuda"), half
 
 
 # ------------------------------------------------------------------------------------------------ arguments
@@ -172,7 +166,7 @@ def _compose_parser(commands) -> None:
 
 def _ablation_parser(commands) -> None:
     """`ablation`: the Block-wise LoRA ablation for every method × seed on the shipped glyph model (see .ablation)."""
-    from .ablation import AblationSettings
+    from ..studies.ablation import AblationSettings
 
     ablation = commands.add_parser(
         "ablation",
@@ -195,7 +189,7 @@ def _scorer_args(parser: argparse.ArgumentParser) -> None:
 
 def _pretrain_parser(commands) -> None:
     """`pretrain`: the glyph-world text-to-image model (VAE, then an SD-1.5-shaped U-Net; see .pretrain)."""
-    from .pretrain import PretrainSettings
+    from ..glyph.pretrain import PretrainSettings
 
     pretrain = commands.add_parser("pretrain", help="pretrain the glyph-world text-to-image model (resumable)")
     pretrain.add_argument("--output-dir", default="runs/t2i-pretrain", help="run folder; model in <dir>/model")
@@ -271,85 +265,58 @@ def _pipeline(args: argparse.Namespace, dtype: torch.dtype = torch.float32):
     return load_pipeline(model_path(args.model, args.cache_dir), dtype)
 
 
-def _texts(prompts: list[Prompt | str]) -> list[str]:
-    return [p.text if isinstance(p, Prompt) else p for p in prompts]
-
-
 def train(args: argparse.Namespace) -> dict[str, Any]:
     kind = fill_model_defaults(args)
     check_data(args.data)
-    device, dtype = _device_and_dtype(args.mixed_precision)
-    pipe = _pipeline(args, dtype if kind == "sd" else torch.float32)
-    resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    pipe = _pipeline(args, device_and_dtype(args.mixed_precision)[1] if kind == "sd" else torch.float32)
+    resolution = args.resolution or native_resolution(pipe)
     output_dir = Path(args.output_dir or f"runs/sd-{args.method}-{time.strftime('%Y%m%d-%H%M%S')}")
-    frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(device, dtype)
-    trainset = training_set(pipe, args, frozen, resolution, output_dir)
-    prediction = args.prediction or pipe.scheduler.config.get("prediction_type", "epsilon")
-    task = diffusion_task(
-        trainset.data, frozen, prediction=prediction, prior_weight=args.prior_weight, validation=trainset.validation
-    )
-    prompts = _texts(trainset.prompts)
-    sample = {"steps": args.sample_steps, "guidance": args.guidance}
-
-    def sample_grid(model: torch.nn.Module, step: int, run_dir: Path) -> None:
-        save_grid(render(pipe, prompts, args.seeds, **sample), run_dir / "samples" / f"step-{step:06d}.png", prompts)
-
-    task.on_checkpoint = sample_grid
+    frozen = frozen_parts(pipe, args.mixed_precision)
+    sample = SampleSettings(seeds=tuple(args.seeds), steps=args.sample_steps, guidance=args.guidance)
+    data = _training_set(pipe, args, frozen, resolution, output_dir, sample)
     family = runner_family(args.model)
     adapter = cli.adapter_settings(args, head_modules=[], family=family)
     settings = cli.train_settings(args, lr=args.lr if args.lr is not None else default_lr(args.method, family))
-    config = {
-        "runner": "sd",
-        "model": args.model or SHIPPED,
-        "data": args.data,
-        "prompt": trainset.record.get("prompt"),
-        "class_prompt": trainset.record.get("class_prompt"),
-        **{k: v for k, v in trainset.record.items() if k not in ("prompt", "class_prompt")},
-        "prediction": prediction,
-        "resolution": resolution,
-    }
-    summary = execute(
-        output_dir=output_dir,
-        build_model=lambda: pipe.unet,
-        adapter=adapter,
-        train_settings=settings,
-        task=task,
-        config=config,
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    if "samples" in summary:  # a finished run that --resume found: its samples and scores are already there
-        return summary
-    started = time.perf_counter()
-    rows = render(pipe, prompts, args.seeds, **sample)
-    per_image = (time.perf_counter() - started) / (len(prompts) * len(args.seeds))
-    grid = save_grid(rows, output_dir / "samples" / "final.png", prompts)
-    scores = _final_scores(args, kind, trainset, rows)
-    summary.update(samples=str(grid.relative_to(output_dir)), sample_time_per_image_s=per_image, scores=scores)
-    text = json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(output_dir / "summary.json", lambda tmp: Path(tmp).write_text(text))
+
+    def scorer():
+        return sample_scorer(
+            clip=args.clip, dino=args.dino, judge=args.judge, cache_dir=args.cache_dir, glyph_model=kind == "glyph",
+            progress=args.progress,
+        )  # fmt: skip
+
+    config = {"runner": "sd", "model": args.model or SHIPPED, "data": args.data, "resolution": resolution}
+    summary = train_adapter(
+        pipe, frozen, data, adapter, settings, sample, output_dir, config=config, prediction=args.prediction,
+        prior_weight=args.prior_weight, scorer=scorer, resume=args.resume, overwrite=args.overwrite,
+    )  # fmt: skip
+    scores = summary["scores"]
     shown = ", ".join(f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float))
     print(
         f"{summary['label']}: {summary['trainable_params']:,} trainable, median step "
-        f"{summary['median_step_time_s']:.3f} s, {per_image:.2f} s/image, grid {grid}\n{scores['note']}"
-        + (f": {shown}" if shown else "")
+        f"{summary['median_step_time_s']:.3f} s, {summary['sample_time_per_image_s']:.2f} s/image, "
+        f"grid {output_dir / summary['samples']}\n{scores['note']}" + (f": {shown}" if shown else "")
     )
     return summary
 
 
-def _final_scores(args: argparse.Namespace, kind: str, trainset, rows: list[list]) -> dict[str, Any]:
-    """Metrics of the final samples against the training images (subject and style fidelity), of the prompted
-    attributes (glyph concepts: judged; CLIP: the text), and their diversity."""
-    scorer, note = make_scorer(
-        clip=args.clip, dino=args.dino, judge=args.judge, cache_dir=args.cache_dir, glyph_model=kind == "glyph",
+def _training_set(pipe, args: argparse.Namespace, frozen, resolution: int, run_dir: Path, sample: SampleSettings):
+    """The data `--data` names: a glyph-world concept, or photos (an embedded set or a folder)."""
+    length = max(args.steps * args.batch_size, 64)
+    if is_glyph(args.data):
+        concept = GlyphConcept.parse(args.data, args.token)
+        return glyph_training_set(
+            concept, frozen, resolution, length=length, seed=args.seed, num_images=args.num_images,
+            prior_weight=args.prior_weight, num_class_images=args.num_class_images, prompts=args.prompts,
+            num_prompts=args.num_prompts,
+        )  # fmt: skip
+    photos = PhotoData(
+        args.data, args.instance_prompt, args.class_prompt, args.num_class_images, args.resolution,
+        tuple(args.prompts) if args.prompts else None,
+    )  # fmt: skip
+    return photo_training_set(
+        pipe, photos, frozen, resolution, run_dir, length=length, seed=args.seed, sample=sample,
         progress=args.progress,
     )  # fmt: skip
-    if scorer is None:
-        return {"note": note}
-    images = [image for row in rows for image in row]
-    prompts = [p for p in trainset.prompts for _ in args.seeds]
-    refs = trainset.references
-    return {"note": note, **score_samples(scorer, images, prompts, subject_references=refs, style_references=refs)}
 
 
 def sample(args: argparse.Namespace) -> Path:
@@ -364,7 +331,7 @@ def sample(args: argparse.Namespace) -> Path:
 def compose(args: argparse.Namespace) -> Path:
     """The Block-wise LoRA ablation grid (one row per placement, one column per (prompt, seed)), and per-row scores
     next to it (`<output>.json`) when a scorer is available."""
-    from .ablation import compose_rows
+    from ..studies.ablation import compose_rows
 
     kind = fill_model_defaults(args)
     pipe = _pipeline(args)
@@ -376,7 +343,7 @@ def compose(args: argparse.Namespace) -> Path:
         steps=args.sample_steps, guidance=args.guidance, merge=args.merge, scorer=scorer,
         weights={"identity": args.identity_weight, "style": args.style_weight},
     )  # fmt: skip
-    texts = _texts(result.prompts)
+    texts = prompt_texts(result.prompts)
     grid = save_grid(result.rows, args.output, list(result.labels))
     report = {"prompts": texts, "seeds": args.seeds, "merged": args.merge, "note": note, "rows": result.scores}
     path = Path(args.output).with_suffix(".json")
@@ -387,7 +354,7 @@ def compose(args: argparse.Namespace) -> Path:
 
 def ablation(args: argparse.Namespace) -> dict[str, Any]:
     """Every method × seed: identity + style adapters, the six placements applied and merged, table + grid + JSON."""
-    from .ablation import AblationSettings, run_ablation
+    from ..studies.ablation import AblationSettings, run_ablation
 
     settings = settings_from_args(AblationSettings, args)
     report = run_ablation(
@@ -416,8 +383,8 @@ def export(args: argparse.Namespace) -> list[Path]:
 
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
-    from .pretrain import PretrainSettings
-    from .pretrain import pretrain as run_pretrain
+    from ..glyph.pretrain import PretrainSettings
+    from ..glyph.pretrain import pretrain as run_pretrain
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -430,7 +397,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def quality(args: argparse.Namespace) -> dict[str, Any]:
-    from .quality import measure
+    from ..glyph.quality import measure
 
     pipe = load_pipeline(args.model)
     report = measure(
@@ -449,8 +416,8 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
 
 def score(args: argparse.Namespace) -> dict[str, float]:
     """Scores with CLIP/DINO when their paths are given, else with the glyph world's judge."""
-    from .metrics import ClipDinoScorer, JudgeScorer
-    from .metrics import score as compute
+    from ..diffusion.metrics import ClipDinoScorer, JudgeScorer
+    from ..diffusion.metrics import score as compute
 
     images = load_image_folder(args.images)
     folders = {"subject_references": args.subject_references, "style_references": args.style_references}
@@ -462,7 +429,7 @@ def score(args: argparse.Namespace) -> dict[str, float]:
             raise ValueError("--attributes names glyph-world values; with --clip use --prompt")
         prompts = [args.prompt] * len(images) if args.prompt else None
     else:
-        from .judge import cached_judge, load_judge
+        from ..glyph.judge import cached_judge, load_judge
 
         if args.prompt:
             raise ValueError("--prompt is scored by CLIP: pass --clip PATH (or --attributes for the glyph judge)")

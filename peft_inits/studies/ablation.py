@@ -27,15 +27,15 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_write
+from ..diffusion.composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
+from ..diffusion.models import load_pipeline
+from ..diffusion.render import render
+from ..glyph.concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts, is_glyph
+from ..glyph.scoring import score_samples
+from ..glyph.world import World, to_pil
 from ..registry import method_names
 from ..training import cli
 from ..training.flags import setting
-from .composition import ABLATION_ROWS, ablation, apply_placements, load_named_adapter, merge_placements
-from .concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts, is_glyph
-from .models import load_pipeline
-from .render import render
-from .scoring import score_samples
-from .world import World, to_pil
 
 METRICS = ("subject_fidelity", "style_fidelity", "prompt_fidelity", "accuracy_subject", "accuracy_background")
 HEADERS = ("subject fid.", "style fid.", "prompt fid.", "subject acc.", "style acc.")
@@ -201,10 +201,9 @@ def run_ablation(
     """Train (or reuse) the adapters, render and score every row × method × seed, write table.md, JSON and grid."""
     from tqdm.auto import tqdm
 
+    from ..glyph.scoring import make_scorer
+    from ..glyph.shipped import SHIPPED, model_path
     from ..registry import method_names
-    from . import runner
-    from .scoring import make_scorer
-    from .shipped import SHIPPED, model_path
 
     started = time.perf_counter()
     out = Path(output_dir)
@@ -229,8 +228,9 @@ def run_ablation(
             dirs = {}
             for role, concept in (("identity", identity), ("style", style)):
                 dirs[role] = out / "runs" / f"{method}-s{seed}-{role}"
-                runner.train(runner.parse_args(_train_argv(settings, concept, method, seed, dirs[role], model,
-                                                           cache_dir, judge)))  # fmt: skip
+                train_concept(
+                    settings, concept, method, seed, dirs[role], model=model, cache_dir=cache_dir, judge=judge
+                )
                 train_bar.update(1)
             key = f"{method}-s{seed}"
             cached = _cached_scores(out / "scores" / f"{key}.json", record)
@@ -277,21 +277,48 @@ def run_ablation(
     return report
 
 
-def _train_argv(settings, concept, method, seed, run_dir, model, cache_dir, judge) -> list[str]:
+def train_concept(
+    settings: AblationSettings,
+    concept: GlyphConcept,
+    method: str,
+    seed: int,
+    run_dir: Path,
+    *,
+    model: str | None,
+    cache_dir: str | Path | None,
+    judge: str | Path | None,
+) -> dict[str, Any]:
+    """One adapter of the ablation (identity or style), trained — or found finished — in `run_dir` with the SD
+    runner's settings for this model: `sd train --data CONCEPT --seed S --init-seed S --resume`."""
+    import torch
+
+    from ..diffusion.train import SampleSettings, device_and_dtype, frozen_parts, native_resolution, train_adapter
+    from ..glyph.scoring import sample_scorer
+    from ..glyph.shipped import SHIPPED, model_kind, model_path, runner_family
+    from ..glyph.trainset import glyph_training_set
+    from ..training.settings import AdapterSettings, TrainSettings, default_lr
+
     steps = settings.steps if concept.attribute == "subject" else settings.style_steps
+    kind, family = model_kind(model), runner_family(model)
+    pipe = load_pipeline(model_path(model, cache_dir), device_and_dtype("auto")[1] if kind == "sd" else torch.float32)
+    frozen = frozen_parts(pipe)
+    resolution = native_resolution(pipe)
+    data = glyph_training_set(
+        concept, frozen, resolution, length=max(steps * settings.batch_size, 64), seed=seed,
+        num_images=settings.images, num_prompts=2,
+    )  # fmt: skip
     lr = dict(settings.lrs).get(method)  # None: the method's rate for this model (its registry entry)
-    argv = [
-        "train", "--data", concept.spec, "--token", concept.token, "--method", method, "--seed", str(seed),
-        "--init-seed", str(seed), "--steps", str(steps), "--batch-size", str(settings.batch_size),
-        "--eval-every", str(steps),
-        "--save-every", str(steps), "--num-images", str(settings.images),
-        "--num-prompts", "2", "--seeds", "0", "--sample-steps", str(settings.sample_steps),
-        "--guidance", str(settings.guidance), "--output-dir", str(run_dir), "--resume", "--no-progress",
-    ]  # fmt: skip
-    for flag, value in (("--model", model), ("--cache-dir", cache_dir), ("--judge", judge), ("--lr", lr)):
-        if value is not None:
-            argv += [flag, str(value)]
-    return argv
+    train = TrainSettings(
+        steps=steps, batch_size=settings.batch_size, lr=default_lr(method, family) if lr is None else lr,
+        head_lr=0.0, warmup=0.0, eval_every=steps, save_every=steps, seed=seed, progress=False,
+    )  # fmt: skip
+    adapter = AdapterSettings(method=method, head_modules=[], init_seed=seed, family=family)
+    sample = SampleSettings(seeds=(0,), steps=settings.sample_steps, guidance=settings.guidance)
+    config = {"runner": "sd", "model": model or SHIPPED, "data": concept.spec, "resolution": resolution}
+    return train_adapter(
+        pipe, frozen, data, adapter, train, sample, run_dir, config=config, resume=True,
+        scorer=lambda: sample_scorer(judge=judge, cache_dir=cache_dir, glyph_model=kind == "glyph"),
+    )  # fmt: skip
 
 
 def _save_cells(folder: Path, rows: list[list]) -> None:
@@ -328,7 +355,7 @@ def _write_json(path: Path, value: Any) -> None:
 
 def _reference_rows(settings, model, cache_dir, scorer) -> dict[str, dict[str, Any]]:
     """The base model on the same prompts (no adapter knows the tokens) and renders of the prompted scenes."""
-    from .shipped import model_path
+    from ..glyph.shipped import model_path
 
     identity, style = settings.concepts()
     pipe = load_pipeline(model_path(model, cache_dir))

@@ -15,11 +15,11 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("peft_inits.training.compare", "every method side by side on a text classifier, one table and plot"),
+    "compare": ("peft_inits.studies.compare", "every method side by side on a text classifier, one table and plot"),
     "encoder": ("peft_inits.training.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
     "vit": ("peft_inits.training.vit", "fine-tune a ViT image classifier"),
-    "sd": ("peft_inits.diffusion.runner", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
-    "descriptor-study": ("peft_inits.training.descriptor_study", "cluster and retrieve adapters by their weights"),
+    "sd": ("peft_inits.cli.sd", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
+    "descriptor-study": ("peft_inits.studies.descriptor_study", "cluster and retrieve adapters by their weights"),
     "collection": ("peft_inits.collection", "index, cluster and map a folder of adapters"),
     "demo": ("peft_inits.demo", "wrap MiniLM with each method: counts, identity and merge checks"),
 }
@@ -43,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"peft-inits: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     if command == "sd":
-        from .diffusion.quiet import silence_image_processor_fallback
+        from ..diffusion.quiet import silence_image_processor_fallback
 
         silence_image_processor_fallback()  # before diffusers loads its pipelines
-    from .training.cli import run_script
+    from ..training.cli import run_script
 
     module = importlib.import_module(COMMANDS[command][0])
     run_script(module.main, module.parse_args, rest)

@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from ..checkpoint import atomic_write
 from ..collection import clustering_scores, index_collection, plot_map
 from ..descriptors import DESCRIPTORS
-from .classification import classification_task
-from .cli import csv_list
-from .data import digits
-from .data.images import ImageCorpus, ImageData
-from .runner import execute
-from .settings import AdapterSettings, TrainSettings
-from .vit_models import digits_model
+from ..training.classification import classification_task
+from ..training.cli import csv_list
+from ..training.data import digits
+from ..training.data.images import ImageCorpus, ImageData
+from ..training.run import execute
+from ..training.settings import AdapterSettings, TrainSettings
+from ..training.vit_models import digits_model
 
 STYLE_NAMES = ("rotate", "blur", "invert", "thick", "noise", "elastic")
 BACKGROUND = -1.0  # digits are scaled to [-1, 1] with a dark background

@@ -12,9 +12,9 @@ import hashlib
 from pathlib import Path
 
 from ..atomic import replace_directory
+from ..diffusion.tiny import TINY
 from .assets import GLYPH_T2I, PACKED_MARK, unpack
 
-TINY = "tiny"
 SHIPPED = "glyph-t2i"  # the default model's name, as runs and adapter datasets record it
 DEFAULT_CACHE = "runs/cache"
 PARTS = ("model_index.json", "unet", "vae", "scheduler", "tokenizer", "text_encoder")

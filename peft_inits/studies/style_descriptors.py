@@ -28,14 +28,14 @@ import torch
 from ..atomic import atomic_write
 from ..collection import clustering_scores, index_collection, plot_map
 from ..descriptors import DESCRIPTORS
+from ..diffusion.composition import Placement, apply_placements, load_named_adapter
+from ..diffusion.sampling import generate
+from ..generation import builder as adapter_dataset
 from ..generation import dataset as D
+from ..glyph.concepts import GlyphConcept, concept_prompts
+from ..glyph.shipped import DEFAULT_CACHE
 from ..registry import method_names
 from ..training import cli
-from . import adapter_dataset
-from .composition import Placement, apply_placements, load_named_adapter
-from .concepts import GlyphConcept, concept_prompts
-from .sampling import generate
-from .shipped import DEFAULT_CACHE
 
 STYLES = ("brick", "grass", "stripes", "checks", "dots", "rings")  # 5 seen in pretraining, 1 held out
 DATA_SEED = 40_000  # renders of style adapters: no pretraining, prompt or reference seed
@@ -110,8 +110,8 @@ def _dataset_args(args: argparse.Namespace, method: str, root: Path) -> argparse
 
 
 def _judge_scorer(args: argparse.Namespace):
-    from .judge import cached_judge, load_judge
-    from .metrics import JudgeScorer
+    from ..diffusion.metrics import JudgeScorer
+    from ..glyph.judge import cached_judge, load_judge
 
     judge = load_judge(args.judge)[0] if args.judge else cached_judge(args.cache_dir, progress=args.progress)
     return JudgeScorer(judge)
@@ -142,8 +142,8 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Scores of every weight descriptor and both image baselines on one method's style collection; `training`:
     `training_features` by concept id."""
-    from .models import load_pipeline
-    from .shipped import model_path
+    from ..diffusion.models import load_pipeline
+    from ..glyph.shipped import model_path
 
     dataset = D.read_dataset(root)
     by_name = {entry.name: entry for entry in dataset.adapters}

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .. import functional as Fn
 from ..checkpoint import load_tensors, read_config, read_json_object, save_tensors, write_adapter_dir
 from ..registry import method_of_peft_type
-from ..training.runner import execute
+from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from . import features as feats
 from .entries import WRAPPER_PREFIX, AdapterDataset, Entry, load_entries, read_dataset, reference_images
@@ -59,7 +59,7 @@ class Base:
 def model_folder(model: str | None, cache_dir: str | Path = "runs/cache") -> str | None:
     """A data set's or user's model name as a folder: None for the tiny pipeline (None, '' or 'tiny'), the shipped
     glyph-world model's name unpacked into `cache_dir` (`diffusion.shipped`), or an existing diffusers folder."""
-    from ..diffusion.shipped import SHIPPED, TINY, model_kind, model_path
+    from ..glyph.shipped import SHIPPED, TINY, model_kind, model_path
 
     if model in (None, "", TINY):
         return None
@@ -137,7 +137,7 @@ class FeatureChoice:
     def build(self, base: Base | None) -> list[feats.FeatureSource]:
         judge = None
         if "judge" in self.sources:
-            from ..diffusion.judge import cached_judge, load_judge
+            from ..glyph.judge import cached_judge, load_judge
 
             if self.judge is not None:
                 judge = load_judge(self.judge)[0]

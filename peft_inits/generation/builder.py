@@ -27,17 +27,17 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
 from ..checkpoint import verify_adapter_dir
-from ..generation import dataset as D
+from ..diffusion.objective import Frozen
+from ..glyph.shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path, runner_family
 from ..population import Population, per_adapter_mean
 from ..registry import method_names
 from ..training import cli
-from ..training.methods import prepare
 from ..training.optim import build_scheduler
+from ..training.prepare import prepare
 from ..training.rundir import RunDir
 from ..training.sampler import StepSampler
 from ..training.settings import AdapterSettings, TrainSettings, default_lr
-from .objective import Frozen
-from .shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path, runner_family
+from . import dataset as D
 
 EVAL_SEED = 1234  # the fixed noise/timestep draw of the before/after loss (as `objective.diffusion_task`)
 # Settings that do not change any adapter (population size only batches them; output and progress are places)
@@ -98,7 +98,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 
 
 def _pipeline(model: str | None, cache_dir: str):
-    from .models import load_pipeline
+    from ..diffusion.models import load_pipeline
 
     return load_pipeline(model_path(model, cache_dir)), model_name(model)
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from . import plots
 from .loop import make_accelerator, train
-from .methods import prepare, save_weights
+from .prepare import prepare, save_weights
 from .rundir import RunDir, environment
 from .settings import AdapterSettings, TrainSettings, as_dict
 from .task import Task

@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..diffusion.sampling import dpmpp_2m_karras
+from ..diffusion.tiny import SD_DOWN_BLOCKS, SD_UP_BLOCKS
 from ..training.flags import setting
-from ..training.runner import execute
+from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from ..training.task import Task
-from .sampling import dpmpp_2m_karras
-from .tiny import SD_DOWN_BLOCKS, SD_UP_BLOCKS
 from .world import World
 
 MAX_TOKENS = 20
@@ -346,7 +346,7 @@ def pretrain(
     )
 
     def sample_grid(model: nn.Module, step: int, run_dir: Path) -> None:
-        from .sampling import generate, save_grid
+        from ..diffusion.sampling import generate, save_grid
 
         pipe = assemble(vae, model, encoder, tokenizer, scheduler)
         rows = generate(pipe, sample_prompts, [0, 1, 2, 3], steps=20, guidance=4.0)

@@ -22,19 +22,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, methods_list, parse_with_config
-from .cli import train_settings as make_train_settings
-from .encoder import EncoderSetup, add_data_args, default_output_dir, setup
-from .loop import make_accelerator
-from .methods import prepare
-from .optim import build_optimizer
-from .options import options_from_args
-from .plots import plot_convergence
-from .rundir import RunDir, environment, read_records
-from .runner import execute
-from .settings import TrainSettings, all_methods, is_adapter_method
-from .tables import render
-from .timing import FROZEN, Builder, frozen_builder, interleaved_step_times
+from ..training.cli import (
+    adapter_settings,
+    add_adapter_args,
+    add_run_args,
+    add_train_args,
+    methods_list,
+    parse_with_config,
+)
+from ..training.cli import train_settings as make_train_settings
+from ..training.encoder import EncoderSetup, add_data_args, default_output_dir, setup
+from ..training.loop import make_accelerator
+from ..training.optim import build_optimizer
+from ..training.options import options_from_args
+from ..training.plots import plot_convergence
+from ..training.prepare import prepare
+from ..training.run import execute
+from ..training.rundir import RunDir, environment, read_records
+from ..training.settings import TrainSettings, all_methods, is_adapter_method
+from ..training.tables import render
+from ..training.timing import FROZEN, Builder, frozen_builder, interleaved_step_times
 from .variants import Variant, build_variants
 
 DEFAULTS = TrainSettings(steps=120, batch_size=16, eval_every=20)

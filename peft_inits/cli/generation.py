@@ -86,8 +86,8 @@ def add_parsers(commands) -> None:
 
 def train_generator(args: argparse.Namespace) -> dict[str, Any]:
     from ..generation.generator import GeneratorSettings
-    from ..generation.pipeline import FeatureChoice
-    from ..generation.pipeline import train_generator as run
+    from ..generation.workflow import FeatureChoice
+    from ..generation.workflow import train_generator as run
 
     settings = settings_from_args(GeneratorSettings, args)
     train = settings_from_args(
@@ -117,7 +117,7 @@ def train_generator(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def generate_adapter(args: argparse.Namespace) -> dict[str, Any]:
-    from ..generation.pipeline import generate_adapter as run
+    from ..generation.workflow import generate_adapter as run
 
     result = run(
         args.generator,

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..diffusion.metrics import JudgeScorer
+from ..diffusion.sampling import generate, save_grid
 from .judge import ATTRIBUTES, JudgeSettings, cached_judge
-from .metrics import JudgeScorer
 from .pretrain import to_pixels
-from .sampling import generate, save_grid
 from .world import World
 
 PROMPT_SEED = 77

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..diffusion.metrics import ClipDinoScorer, JudgeScorer
+from ..diffusion.metrics import score as compute
 from .concepts import Prompt, worded_attributes
-from .metrics import ClipDinoScorer, JudgeScorer
-from .metrics import score as compute
 from .world import SIZE
 
 
@@ -82,3 +82,27 @@ def _asked(prompt: Prompt | str) -> dict[str, str] | None:
     if isinstance(prompt, Prompt):
         return prompt.prompted
     return worded_attributes(prompt)
+
+
+def sample_scorer(
+    *,
+    clip: str | None = None,
+    dino: str | None = None,
+    judge: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    glyph_model: bool = False,
+    progress: bool = False,
+):
+    """What `diffusion.train.train_adapter` scores its final samples with (None: no scorer for this model); the
+    returned scores carry `make_scorer`'s note."""
+    scorer, note = make_scorer(
+        clip=clip, dino=dino, judge=judge, cache_dir=cache_dir, glyph_model=glyph_model, progress=progress
+    )
+    if scorer is None:
+        return None
+
+    def score(images: list, prompts: list, references: list) -> dict[str, Any]:
+        found = score_samples(scorer, images, prompts, subject_references=references, style_references=references)
+        return {"note": note, **found}
+
+    return score

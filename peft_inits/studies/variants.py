@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .options import OptionSpec, check_applicable, option_specs, options_for
-from .settings import AdapterSettings, check_method, is_adapter_method, parse_rank
+from ..training.options import OptionSpec, check_applicable, option_specs, options_for
+from ..training.settings import AdapterSettings, check_method, is_adapter_method, parse_rank
 
 _LIST_KEYS = {"target_modules", "module_kinds", "blocks", "exclude_modules", "head_modules"}
 _FLOAT_KEYS = {"alpha", "lr"}
