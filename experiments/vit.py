@@ -4,11 +4,11 @@
     python experiments/vit.py --model ~/vit-base-patch16-224 --data ~/images --method svfit
     python experiments/vit.py --model timm:vit_base_patch16_224 --checkpoint ~/vit_b16.safetensors --data ~/images
 
-All options: --help. The machinery lives in `peft_inits.training.vit`.
+All options: --help. The machinery lives in `peft_inits.training.vit` (flags: `peft_inits.cli.vit`).
 """
 
+from peft_inits.cli.vit import main, parse_args
 from peft_inits.training.cli import run_script
-from peft_inits.training.vit import main, parse_args
 
 if __name__ == "__main__":
     run_script(main, parse_args)

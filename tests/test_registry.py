@@ -18,12 +18,12 @@ from torch import Tensor, nn
 from peft_inits import AdapterSpec, AdapterWeights, LoLDUConfig, MiLoRAConfig, PiSSAConfig
 from peft_inits import functional as Fn
 from peft_inits.checkpoint import load_adapter, read_config, save_adapter
+from peft_inits.cli import encoder
 from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
 from peft_inits.registration import register_method, unregister_method
 from peft_inits.registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, methods
 from peft_inits.studies import compare
-from peft_inits.training import encoder
 from peft_inits.training.options import option_specs
 from peft_inits.training.prepare import prepare
 
@@ -78,7 +78,7 @@ def test_cli_flag_to_setting_to_config_for_every_option(name, tiny_encoder, sent
     args = encoder.parse_args(argv)
     settings = encoder.adapter_settings(args)
     assert settings.options == expected
-    env = encoder.setup(encoder.parse_args([*argv, "--cache-dir", str(cache)]))
+    env = encoder.task_setup(encoder.parse_args([*argv, "--cache-dir", str(cache)]))
     prepared = prepare(env.build_model(), settings)
     assert prepared.config.method_options() == {**method.make_options().__dict__, **expected}
     # the same options from a TOML file

@@ -13,7 +13,7 @@ import torch
 from runner_helpers import ROOT, Crash, crash_at, load_script, write_sentiment_csv
 
 from peft_inits.checkpoint import load_adapter
-from peft_inits.training import encoder
+from peft_inits.cli import encoder
 from peft_inits.training.rundir import read_records, without_timing
 from peft_inits.training.settings import all_methods
 
@@ -55,7 +55,7 @@ def test_saved_adapter_reloads_as_the_trained_classifier(tiny_encoder, sentiment
     out = tmp_path / "run"
     args = encoder.parse_args(_args(tiny_encoder, sentiment_csv, out, cache, "--method", "loldu", "--steps", "3"))
     encoder.main(args)
-    env = encoder.setup(args)
+    env = encoder.task_setup(args)
     batch = env.task.train.batch(range(6))["inputs"]
     torch.manual_seed(0)
     model = load_adapter(env.build_model(), out / "weights").eval()  # the head comes from the adapter file

@@ -11,7 +11,7 @@ import pytest
 from runner_helpers import Crash, crash_at, load_script
 from tiny_models import timm_like_vit
 
-from peft_inits.training import vit
+from peft_inits.cli import vit
 from peft_inits.training.rundir import read_records, without_timing
 from peft_inits.training.settings import all_methods
 

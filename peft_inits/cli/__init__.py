@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("peft_inits.studies.compare", "every method side by side on a text classifier, one table and plot"),
-    "encoder": ("peft_inits.training.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
-    "vit": ("peft_inits.training.vit", "fine-tune a ViT image classifier"),
+    "encoder": ("peft_inits.cli.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
+    "vit": ("peft_inits.cli.vit", "fine-tune a ViT image classifier"),
     "sd": ("peft_inits.cli.sd", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
     "descriptor-study": ("peft_inits.studies.descriptor_study", "cluster and retrieve adapters by their weights"),
     "collection": ("peft_inits.collection", "index, cluster and map a folder of adapters"),

