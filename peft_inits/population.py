@@ -16,7 +16,7 @@ LoRAs.
     population.save(k, "adapters/k")                      # a normal adapter directory (PEFT layout, checksummed)
 
 Optimising the sum of the adapters' mean losses with AdamW (element-wise) and per-adapter gradient clipping gives
-each copy exactly the updates it would get trained alone (`tests/test_population.py`).
+each copy exactly the updates it would get trained alone (`tests/core/test_population.py`).
 
 The same mechanism serves saved adapters (an adapter bank): `Population.from_adapters(model, directories)` loads N
 adapter directories into the K stacked copies, verified like any load; `batch(index)` or `batch_names(names)` then

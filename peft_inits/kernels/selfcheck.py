@@ -21,7 +21,7 @@ from .torch_ops import TorchOps
 
 # Relative error ‖got − want‖ / ‖want‖ accepted per dtype: the kernels accumulate in fp32, the torch path in the
 # input dtype, so half-precision results differ by rounding of the r-wide and m-wide sums (the parity tests' bounds,
-# tests/test_kernels.py, with a margin).
+# tests/core/test_kernels.py, with a margin).
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 6e-2}
 SHAPE = {"tokens": 67, "n": 96, "m": 80, "r": 8}  # odd sizes: every mask of a tile is exercised
 

@@ -3,7 +3,7 @@
 each rank's share of the batch, then the gathered trained tensors compared with the same training in one process.
 Rank 0 writes {method: {"trained": max error, "moved": max change}} to argv[1].
 
-    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 tests/fsdp_accelerate_worker.py errors.json
+    accelerate launch --use_fsdp --fsdp_version 2 --num_processes 2 tests/helpers/fsdp_accelerate_worker.py errors.json
 """
 
 from __future__ import annotations

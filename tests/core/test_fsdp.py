@@ -9,7 +9,7 @@ from pathlib import Path
 
 from distributed_run import assert_trained_like_one_process, run_worker
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "helpers"
 
 
 def test_fully_sharded_training_matches_one_process(tmp_path):

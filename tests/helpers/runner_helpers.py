@@ -9,7 +9,7 @@ from pathlib import Path
 
 from peft_inits.training.sampler import StepSampler
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = {
     0: ["awful", "terrible", "hate", "worst", "broken"],
     1: ["okay", "average", "fine", "normal", "usual"],

@@ -28,7 +28,7 @@ ALLOWED_ARGPARSE = [
     "collection", "demo", "generation.builder", "studies.ablation", "studies.compare", "studies.descriptor_study",
     "studies.style_descriptors", "training.cli", "training.flags", "training.options",
 ]  # fmt: skip
-PACKAGE = Path(__file__).resolve().parents[1] / "peft_inits"
+PACKAGE = Path(__file__).resolve().parents[2] / "peft_inits"
 LAYERS = [
     ["functional", "atomic", "kernels", "registry", "peft_types"],
     ["adapters", "blocks", "checkpoint"],

@@ -49,7 +49,7 @@ def installed_outside_a_checkout() -> Path:
 
 def every_tracked_file_installed(location: Path) -> int:
     """The installed package holds exactly the files git tracks under the checkout's peft_inits/ (code and data)."""
-    checkout = Path(__file__).resolve().parents[1]
+    checkout = Path(__file__).resolve().parents[2]
     listing = subprocess.run(
         ["git", "ls-files", "peft_inits"], cwd=checkout, capture_output=True, text=True, check=True
     )

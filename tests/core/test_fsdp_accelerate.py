@@ -20,7 +20,7 @@ from tiny_models import tiny_roberta
 
 from peft_inits.registry import get_method
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "helpers"
 
 
 @pytest.mark.parametrize("method", ["lora", "svfit", "loldu"])

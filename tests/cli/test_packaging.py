@@ -1,4 +1,4 @@
-"""Nothing of ours is importable under a third-party name (what the wheel holds is checked by tests/wheel_smoke.py).
+"""Nothing of ours is importable under a third-party name (the wheel's contents: tests/helpers/wheel_smoke.py).
 
 transformers ≥ 5.25 imports the PyPI package `kernels` while it loads; a top-level `kernels/` package in the checkout
 shadowed it whenever the repository root was on sys.path (`python -m pytest`, `python -m …`, a notebook).
@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OURS = "peft-inits"
 
 

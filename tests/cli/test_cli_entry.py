@@ -1,5 +1,5 @@
 """The `peft-inits` console command lists every runner and each one's --help works (CI also runs them from the
-installed wheel, tests/wheel_smoke.py)."""
+installed wheel, tests/helpers/wheel_smoke.py)."""
 
 from __future__ import annotations
 
