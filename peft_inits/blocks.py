@@ -18,6 +18,7 @@ Families and their block vocabularies (auto-detected from module names, see :fun
 
 from __future__ import annotations
 
+import json
 import numbers
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -646,3 +647,15 @@ def lbw_blocks(weights: Sequence[float], r: int) -> dict[str, dict[str, Any]]:
         if sub_block != "BASE":
             plan[sub_block] = {"r": rank if weight else 0, "alpha": float(weight) * rank}
     return plan
+
+
+def parse_blocks(text: str) -> list[str] | dict[str, Any]:
+    """Blocks as users type them: '0-2,5' → ['0-2', '5']; a JSON object gives per-block settings, e.g.
+    '{"0-2": 8, "5": 0}'."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"blocks are not valid JSON: {exc}") from exc
+    return [item.strip() for item in text.split(",") if item.strip()]

@@ -38,13 +38,14 @@ from ..diffusion.sampling import DEFAULT_STEPS, generate, save_grid
 from ..diffusion.train import SampleSettings, device_and_dtype, frozen_parts, native_resolution, train_adapter
 from ..diffusion.trainset import PhotoData, photo_training_set, prompt_texts
 from ..export import LAYOUTS, export_diffusers_lora, export_kohya, export_peft_lora
-from ..generation import builder as adapter_dataset
+from ..generation.builder import AdapterDatasetSettings, build_adapter_dataset
 from ..glyph.concepts import GlyphConcept, is_glyph
 from ..glyph.scoring import make_scorer, sample_scorer
 from ..glyph.shipped import DEFAULT_CACHE, SHIPPED, model_kind, model_path, runner_family
 from ..glyph.trainset import check_data, glyph_training_set
 from ..registry import method_names
 from ..studies import style_descriptors
+from ..studies.style_descriptors import StyleStudySettings
 from ..training import cli
 from ..training.flags import add_settings_flags, settings_from_args
 from ..training.settings import TrainSettings, default_lr
@@ -96,8 +97,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _pretrain_parser(commands)
     _quality_parser(commands)
     _score_parser(commands)
-    adapter_dataset.add_parser(commands)
-    style_descriptors.add_parser(commands)
+    _adapter_dataset_parser(commands)
+    _descriptors_parser(commands)
     generation.add_parsers(commands)
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -223,6 +224,22 @@ def _score_parser(commands) -> None:
     score.add_argument("--judge", default=None, help="glyph-world judge folder (default: trained into --cache-dir)")
     score.add_argument("--cache-dir", default="runs/cache")
     score.add_argument("--output", default=None, help="write the scores as JSON here")
+
+
+def _adapter_dataset_parser(commands) -> None:
+    """`adapter-dataset`: a personalised adapter per subject × seed (generation.builder)."""
+    parser = commands.add_parser(
+        "adapter-dataset", help="train a personalised adapter per subject × seed (issue 13; resumable)"
+    )
+    parser.add_argument("--method", choices=method_names(), required=True)
+    parser.add_argument("--output-dir", required=True, help="dataset folder (dataset.json, adapters/, references/)")
+    add_settings_flags(parser, AdapterDatasetSettings)
+
+
+def _descriptors_parser(commands) -> None:
+    """`descriptors`: the style-descriptor study (studies.style_descriptors)."""
+    parser = commands.add_parser("descriptors", help="cluster style adapters of the glyph model by their weights")
+    add_settings_flags(parser, StyleStudySettings)
 
 
 def _model_arg(parser: argparse.ArgumentParser, cache: bool = True) -> None:
@@ -364,6 +381,14 @@ def ablation(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def adapter_dataset(args: argparse.Namespace):
+    return build_adapter_dataset(args.method, args.output_dir, settings_from_args(AdapterDatasetSettings, args))
+
+
+def descriptors(args: argparse.Namespace) -> list[dict[str, Any]]:
+    return style_descriptors.run(settings_from_args(StyleStudySettings, args))
+
+
 def export(args: argparse.Namespace) -> list[Path]:
     pipe = _pipeline(args)
     load_named_adapter(pipe.unet, args.adapter, "default")
@@ -456,8 +481,8 @@ COMMANDS = {
     "export": export,
     "pretrain": pretrain,
     "quality": quality,
-    "adapter-dataset": adapter_dataset.run,
-    "descriptors": style_descriptors.run,
+    "adapter-dataset": adapter_dataset,
+    "descriptors": descriptors,
     **generation.COMMANDS,
 }
 

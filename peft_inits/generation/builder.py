@@ -1,4 +1,5 @@
-"""`sd.py adapter-dataset`: a personalised adapter for every subject × seed, trained K at a time in one forward.
+"""The adapter data set (`sd adapter-dataset`): a personalised adapter for every subject × seed, trained K at a
+time in one forward.
 
     python experiments/sd.py adapter-dataset --method svfit --output-dir /work/data/adapters-svfit
     python experiments/sd.py adapter-dataset --method lora --model tiny --subjects 2 --steps 3 --output-dir x
@@ -13,10 +14,9 @@ at a time, one U-Net forward per step. Finished adapters are kept and skipped on
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_write
+from ..blocks import parse_blocks
 from ..checkpoint import verify_adapter_dir
 from ..diffusion.objective import Frozen
 from ..glyph.shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path, runner_family
 from ..population import Population, per_adapter_mean
 from ..registry import method_names
-from ..training import cli
+from ..training.flags import setting
 from ..training.optim import build_scheduler
 from ..training.prepare import prepare
 from ..training.rundir import RunDir
@@ -61,37 +62,33 @@ class Job:
         return self.seed * 1_000_003 + int(self.subject.subject_id[1:])
 
 
-# ------------------------------------------------------------------------------------------------ arguments
+@dataclasses.dataclass(frozen=True)
+class AdapterDatasetSettings:
+    """How every adapter of a data set is trained (the SD runner's defaults where unset) and how many there are."""
 
-
-def add_parser(commands) -> argparse.ArgumentParser:
-    parser = commands.add_parser(
-        "adapter-dataset", help="train a personalised adapter per subject × seed (issue 13; resumable)"
+    model: str | None = setting(None, f"diffusers folder, 'tiny', or default: the shipped {SHIPPED}")
+    cache_dir: str = setting(DEFAULT_CACHE, f"where the shipped {SHIPPED} is unpacked")
+    subjects: int = setting(60, "training subjects (default: %(default)s)")
+    heldout: int = setting(12, "held-out subjects (default: %(default)s)")
+    seeds: tuple[int, ...] = (0, 1)
+    images: int = setting(16, "training renders per subject (default: %(default)s)")
+    references: int = setting(8, "reference renders per subject (not trained on)")
+    steps: int = setting(150, "optimizer steps per adapter (default: %(default)s)")
+    batch_size: int = setting(4, "images per adapter and step (default: %(default)s)")
+    lr: float | None = setting(None, "default: the method's SD learning rate")
+    r: int | None = setting(None, "rank (default: the method's SD rank)")
+    alpha: float | None = None
+    module_kinds: tuple[str, ...] | None = setting(None, "default: every attention projection")
+    target_modules: tuple[str, ...] | None = None
+    blocks: Sequence[str] | Mapping[str, Any] | None = setting(
+        None, "e.g. 0-2,5 or JSON {'0-2': 8, '5': 0}", parse=parse_blocks
     )
-    parser.add_argument("--method", choices=method_names(), required=True)
-    parser.add_argument("--output-dir", required=True, help="dataset folder (dataset.json, adapters/, references/)")
-    parser.add_argument("--model", default=None, help=f"diffusers folder, 'tiny', or default: the shipped {SHIPPED}")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE, help=f"where the shipped {SHIPPED} is unpacked")
-    parser.add_argument("--subjects", type=int, default=60, help="training subjects (default: %(default)s)")
-    parser.add_argument("--heldout", type=int, default=12, help="held-out subjects (default: %(default)s)")
-    parser.add_argument("--seeds", type=lambda t: [int(s) for s in cli.csv_list(t)], default=[0, 1])
-    parser.add_argument("--images", type=int, default=16, help="training renders per subject (default: %(default)s)")
-    parser.add_argument("--references", type=int, default=8, help="reference renders per subject (not trained on)")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per adapter (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per adapter and step (default: %(default)s)")
-    parser.add_argument("--lr", type=float, default=None, help="default: the method's SD learning rate")
-    parser.add_argument("--r", type=int, default=None, help="rank (default: the method's SD rank)")
-    parser.add_argument("--alpha", type=float, default=None)
-    parser.add_argument("--module-kinds", type=cli.csv_list, default=None, help="default: every attention projection")
-    parser.add_argument("--target-modules", type=cli.csv_list, default=None)
-    parser.add_argument("--blocks", type=cli.blocks_arg, default=None)
-    parser.add_argument("--init-seed", type=int, default=0, help="seed of random inits (LoRA A), as the runner's")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="on adapter matrices only")
-    parser.add_argument("--max-grad-norm", type=float, default=1.0, help="per adapter; 0 disables clipping")
-    parser.add_argument("--warmup", type=float, default=0.0, help="fraction of steps (<1) or steps (>=1)")
-    parser.add_argument("--population", type=int, default=16, help="adapters trained together in one forward")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm bar")
-    return parser
+    init_seed: int = setting(0, "seed of random inits (LoRA A), as the runner's")
+    weight_decay: float = setting(0.01, "on adapter matrices only")
+    max_grad_norm: float = setting(1.0, "per adapter; 0 disables clipping")
+    warmup: float = setting(0.0, "fraction of steps (<1) or steps (>=1)")
+    population: int = setting(16, "adapters trained together in one forward")
+    progress: bool = setting(True, "tqdm bar")
 
 
 # ------------------------------------------------------------------------------------------------ the command
@@ -103,7 +100,7 @@ def _pipeline(model: str | None, cache_dir: str):
     return load_pipeline(model_path(model, cache_dir)), model_name(model)
 
 
-def _settings(args: argparse.Namespace, resolution: int, model_name: str) -> dict[str, Any]:
+def _settings(method: str, args: AdapterDatasetSettings, resolution: int, model_name: str) -> dict[str, Any]:
     """What every adapter of the dataset was trained with (a rerun must match it, except `_FREE`)."""
     return {
         "model": model_name,
@@ -113,11 +110,11 @@ def _settings(args: argparse.Namespace, resolution: int, model_name: str) -> dic
         "references": args.references,
         "steps": args.steps,
         "batch_size": args.batch_size,
-        "lr": args.lr if args.lr is not None else default_lr(args.method, runner_family(args.model)),
+        "lr": args.lr if args.lr is not None else default_lr(method, runner_family(args.model)),
         "r": args.r,
         "alpha": args.alpha,
-        "module_kinds": args.module_kinds,
-        "target_modules": args.target_modules,
+        "module_kinds": _listed(args.module_kinds),
+        "target_modules": _listed(args.target_modules),
         "blocks": args.blocks,
         "init_seed": args.init_seed,
         "weight_decay": args.weight_decay,
@@ -125,6 +122,10 @@ def _settings(args: argparse.Namespace, resolution: int, model_name: str) -> dic
         "warmup": args.warmup,
         "prediction": None,  # filled from the scheduler
     }
+
+
+def _listed(names: Sequence[str] | None) -> list[str] | None:
+    return None if names is None else list(names)  # as the manifest's JSON holds it
 
 
 def _check_existing(root: Path, method: str, settings: dict[str, Any]) -> D.AdapterDataset | None:
@@ -148,8 +149,13 @@ def _check_existing(root: Path, method: str, settings: dict[str, Any]) -> D.Adap
     return existing
 
 
-def run(args: argparse.Namespace, concepts: tuple[Sequence, Sequence] | None = None) -> D.AdapterDataset:
-    """Build (or complete) the dataset in `args.output_dir`; returns its manifest.
+def build_adapter_dataset(
+    method: str,
+    output_dir: str | Path,
+    args: AdapterDatasetSettings,
+    concepts: tuple[Sequence, Sequence] | None = None,
+) -> D.AdapterDataset:
+    """Build (or complete) the `method` data set in `output_dir`; returns its manifest.
 
     `concepts` = (training, held-out) replaces the glyph subjects with other concepts of the same interface as
     `generation.dataset.Subject` (`subject_id`, `glyph`, `family`, `variant`, `colour`, `images(count, size,
@@ -159,19 +165,23 @@ def run(args: argparse.Namespace, concepts: tuple[Sequence, Sequence] | None = N
             f"need --population, --steps, --batch-size >= 1 and --images >= --batch-size, got {args.population}, "
             f"{args.steps}, {args.batch_size}, {args.images}"
         )
+    if method not in method_names():
+        raise ValueError(f"unknown method {method!r}; registered: {', '.join(method_names())}")
     train, heldout = concepts or D.subjects(args.subjects, args.heldout)  # a bad count fails before loading
-    root = Path(args.output_dir)
+    root = Path(output_dir)
     with RunDir(root).writer():
-        return _run(args, root, train, heldout)
+        return _run(method, args, root, train, heldout)
 
 
-def _run(args: argparse.Namespace, root: Path, train: list[D.Subject], heldout: list[D.Subject]) -> D.AdapterDataset:
+def _run(
+    method: str, args: AdapterDatasetSettings, root: Path, train: list[D.Subject], heldout: list[D.Subject]
+) -> D.AdapterDataset:
     pipe, model_name = _pipeline(args.model, args.cache_dir)
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    settings = _settings(args, resolution, model_name)
+    settings = _settings(method, args, resolution, model_name)
     settings["prediction"] = pipe.scheduler.config.get("prediction_type", "epsilon")
-    existing = _check_existing(root, args.method, settings)
-    dataset = existing or D.AdapterDataset(args.method, model_name, settings, [], root)
+    existing = _check_existing(root, method, settings)
+    dataset = existing or D.AdapterDataset(method, model_name, settings, [], root)
     dataset.root, dataset.settings = root, {**dataset.settings, "population": args.population}
     done = {e.name for e in dataset.adapters if _is_complete(root / "adapters" / e.name)}
     dataset.adapters = [e for e in dataset.adapters if e.name in done]
@@ -180,10 +190,10 @@ def _run(args: argparse.Namespace, root: Path, train: list[D.Subject], heldout: 
     todo = [job for job in jobs if job.name not in done]
     for subject in {job.subject.subject_id: job.subject for job in jobs}.values():
         _write_references(root, subject, args.references, resolution)
-    print(f"{args.method} adapter dataset in {root}: {len(jobs)} adapters, {len(jobs) - len(todo)} done, "
+    print(f"{method} adapter dataset in {root}: {len(jobs)} adapters, {len(jobs) - len(todo)} done, "
           f"{len(todo)} to train, {args.population} at a time")  # fmt: skip
     if todo:
-        _train_all(args, pipe, dataset, todo, resolution, settings)
+        _train_all(method, args, pipe, dataset, todo, resolution, settings)
     D.write_manifest(dataset, root)
     return dataset
 
@@ -284,13 +294,13 @@ def _eval_losses(unet, scheduler, population: Population, chunk: Chunk, predicti
     return losses[: len(chunk.jobs)].tolist()
 
 
-def _adapter_settings(args: argparse.Namespace) -> AdapterSettings:
+def _adapter_settings(method: str, args: AdapterDatasetSettings) -> AdapterSettings:
     return AdapterSettings(
-        method=args.method,
+        method=method,
         r=args.r,
         alpha=args.alpha,
-        target_modules=args.target_modules,
-        module_kinds=args.module_kinds,
+        target_modules=_listed(args.target_modules),
+        module_kinds=_listed(args.module_kinds),
         blocks=args.blocks,
         head_modules=[],
         init_seed=args.init_seed,
@@ -298,11 +308,19 @@ def _adapter_settings(args: argparse.Namespace) -> AdapterSettings:
     )
 
 
-def _train_all(args, pipe, dataset: D.AdapterDataset, todo: list[Job], resolution: int, settings) -> None:
+def _train_all(
+    method: str,
+    args: AdapterDatasetSettings,
+    pipe,
+    dataset: D.AdapterDataset,
+    todo: list[Job],
+    resolution: int,
+    settings,
+) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(device)
     torch.manual_seed(args.init_seed)
-    prepared = prepare(pipe.unet.to(device), _adapter_settings(args))
+    prepared = prepare(pipe.unet.to(device), _adapter_settings(method, args))
     unet = prepared.model
     unet.train()
     size = min(args.population, len(todo))
@@ -310,7 +328,7 @@ def _train_all(args, pipe, dataset: D.AdapterDataset, todo: list[Job], resolutio
     init = [p.detach().clone() for p in population.parameters()]
     schedule = TrainSettings(steps=args.steps, batch_size=args.batch_size, warmup=args.warmup, lr=settings["lr"])
     chunks = [todo[i : i + size] for i in range(0, len(todo), size)]
-    bar = tqdm(total=len(todo) * args.steps, desc=f"{args.method} adapters", unit="step", unit_scale=1,
+    bar = tqdm(total=len(todo) * args.steps, desc=f"{method} adapters", unit="step", unit_scale=1,
                disable=not args.progress, dynamic_ncols=True)  # fmt: skip
     try:
         for number, jobs in enumerate(chunks, start=1):

@@ -15,7 +15,6 @@ baselines in the CLIP/DINO role — the judge's mean features of the adapter's *
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,12 +29,12 @@ from ..collection import clustering_scores, index_collection, plot_map
 from ..descriptors import DESCRIPTORS
 from ..diffusion.composition import Placement, apply_placements, load_named_adapter
 from ..diffusion.sampling import generate
-from ..generation import builder as adapter_dataset
 from ..generation import dataset as D
+from ..generation.builder import AdapterDatasetSettings, build_adapter_dataset
 from ..glyph.concepts import GlyphConcept, concept_prompts
 from ..glyph.shipped import DEFAULT_CACHE
 from ..registry import method_names
-from ..training import cli
+from ..training.flags import setting
 
 STYLES = ("brick", "grass", "stripes", "checks", "dots", "rings")  # 5 seen in pretraining, 1 held out
 DATA_SEED = 40_000  # renders of style adapters: no pretraining, prompt or reference seed
@@ -75,41 +74,37 @@ def style_concepts(styles: Sequence[str], seeds: int) -> list[StyleConcept]:
 # ------------------------------------------------------------------------------------------------ arguments
 
 
-def add_parser(commands) -> argparse.ArgumentParser:
-    parser = commands.add_parser("descriptors", help="cluster style adapters of the glyph model by their weights")
-    parser.add_argument("--output-dir", default="runs/style-descriptors")
-    parser.add_argument("--model", default=None, help="diffusers folder, 'tiny', or default: the shipped glyph model")
-    parser.add_argument("--methods", type=cli.csv_list, default=None, help="default: every registered method")
-    parser.add_argument("--styles", type=cli.csv_list, default=list(STYLES), help="backgrounds (default: %(default)s)")
-    parser.add_argument("--seeds", type=int, default=4, help="adapters per style (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per adapter (default: %(default)s)")
-    parser.add_argument("--images", type=int, default=16, help="training renders per adapter (default: %(default)s)")
-    parser.add_argument("--generated", type=int, default=2, help="images generated per adapter for the baseline")
-    parser.add_argument("--sample-steps", type=int, default=15, help="DPM++ 2M Karras steps of those images")
-    parser.add_argument("--population", type=int, default=24, help="adapters trained together in one forward")
-    parser.add_argument("--judge", default=None, help="glyph-world judge folder (default: trained into --cache-dir)")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    return parser
+@dataclass(frozen=True)
+class StyleStudySettings:
+    """The style-descriptor study: `seeds` adapters of each style, for every method."""
+
+    output_dir: str = "runs/style-descriptors"
+    model: str | None = setting(None, "diffusers folder, 'tiny', or default: the shipped glyph model")
+    methods: tuple[str, ...] | None = setting(None, "default: every registered method")
+    styles: tuple[str, ...] = setting(tuple(STYLES), "backgrounds (default: %(default)s)")
+    seeds: int = setting(4, "adapters per style (default: %(default)s)")
+    steps: int = setting(150, "optimizer steps per adapter (default: %(default)s)")
+    images: int = setting(16, "training renders per adapter (default: %(default)s)")
+    generated: int = setting(2, "images generated per adapter for the baseline")
+    sample_steps: int = setting(15, "DPM++ 2M Karras steps of those images")
+    population: int = setting(24, "adapters trained together in one forward")
+    judge: str | None = setting(None, "glyph-world judge folder (default: trained into --cache-dir)")
+    cache_dir: str = DEFAULT_CACHE
+    progress: bool = True
 
 
-def _dataset_args(args: argparse.Namespace, method: str, root: Path) -> argparse.Namespace:
-    """The adapter-dataset command's arguments (its defaults: the SD runner's learning rate, rank, targets)."""
-    parser = argparse.ArgumentParser()
-    adapter_dataset.add_parser(parser.add_subparsers(dest="command"))
-    argv = ["adapter-dataset", "--method", method, "--output-dir", str(root), "--seeds", "0",
-            "--steps", str(args.steps), "--images", str(args.images), "--references", "2",
-            "--population", str(args.population), "--cache-dir", args.cache_dir,
-            "--progress" if args.progress else "--no-progress"]  # fmt: skip
-    if args.model:
-        argv += ["--model", args.model]
-    return parser.parse_args(argv)
+def _dataset_settings(args: StyleStudySettings) -> AdapterDatasetSettings:
+    """One adapter per style concept with the SD runner's defaults (learning rate, rank, targets)."""
+    return AdapterDatasetSettings(
+        model=args.model, cache_dir=args.cache_dir, seeds=(0,), steps=args.steps, images=args.images, references=2,
+        population=args.population, progress=args.progress,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ the study
 
 
-def _judge_scorer(args: argparse.Namespace):
+def _judge_scorer(args: StyleStudySettings):
     from ..diffusion.metrics import JudgeScorer
     from ..glyph.judge import cached_judge, load_judge
 
@@ -118,7 +113,7 @@ def _judge_scorer(args: argparse.Namespace):
 
 
 @torch.no_grad()
-def generated_features(pipe, scorer, entries, root: Path, args: argparse.Namespace) -> np.ndarray:
+def generated_features(pipe, scorer, entries, root: Path, args: StyleStudySettings) -> np.ndarray:
     """Mean judge features of `--generated` images sampled with each adapter, on the same style-token prompts."""
     prompts = [p.text for p in concept_prompts([GlyphConcept("background", args.styles[0])], args.generated)]
     rows = []
@@ -138,7 +133,7 @@ def training_features(scorer, concepts: Sequence[StyleConcept], images: int, siz
 
 
 def evaluate(
-    args: argparse.Namespace, method: str, root: Path, scorer, training: dict[str, np.ndarray]
+    args: StyleStudySettings, method: str, root: Path, scorer, training: dict[str, np.ndarray]
 ) -> list[dict[str, Any]]:
     """Scores of every weight descriptor and both image baselines on one method's style collection; `training`:
     `training_features` by concept id."""
@@ -176,7 +171,8 @@ def format_table(rows: Sequence[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: StyleStudySettings) -> list[dict[str, Any]]:
+    """Build each method's style collection, score every descriptor and baseline, write results.json/.md."""
     methods = args.methods or method_names()
     unknown = sorted(set(methods) - set(method_names()))
     if unknown:
@@ -190,7 +186,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     training: dict[str, np.ndarray] = {}
     for method in methods:
         root = out / method
-        dataset = adapter_dataset.run(_dataset_args(args, method, root), concepts=(concepts, []))
+        dataset = build_adapter_dataset(method, root, _dataset_settings(args), concepts=(concepts, []))
         training = training or training_features(scorer, concepts, args.images, dataset.settings["resolution"])
         rows += evaluate(args, method, root, scorer, training)
     table = format_table(rows, args.seeds - 1)

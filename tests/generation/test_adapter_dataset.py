@@ -114,11 +114,10 @@ def test_population_loss_is_the_runner_loss():
     """Adapter k's share of `population_noise_loss` is `objective.noise_loss` with adapter k's generator."""
     pipe = tiny_pipeline()
     frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(torch.device("cpu"))
-    args = parse_args(["adapter-dataset", "--method", "lora", "--output-dir", "unused"])
     from peft_inits.population import Population
     from peft_inits.training.prepare import prepare
 
-    unet = prepare(pipe.unet, A._adapter_settings(args)).model
+    unet = prepare(pipe.unet, A._adapter_settings("lora", A.AdapterDatasetSettings())).model
     population = Population(unet, 2)
     with torch.no_grad():
         for param in population.parameters():
