@@ -6,7 +6,7 @@
 The machinery lives in `peft_inits.studies.descriptor_study`.
 """
 
-from peft_inits.studies.descriptor_study import main, parse_args
+from peft_inits.cli.descriptor_study import main, parse_args
 
 if __name__ == "__main__":
     main(parse_args())

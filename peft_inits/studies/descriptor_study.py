@@ -7,16 +7,16 @@ then described by its weights alone (`factors`, `delta`, `gains`) and by an imag
 ViT embedding of the adapter's training images, the role CLIP/DINO features play in arXiv 2412.12048), clustered with
 k-means (k = number of styles) and scored by ARI, NMI and retrieval precision@k against the style labels.
 
-    python experiments/descriptor_study.py                  # 6 styles × 4 seeds × 3 methods (minutes on a CPU)
-    python experiments/descriptor_study.py --styles rotate,invert,noise --seeds 2 --steps 10   # tiny
+    peft-inits descriptor-study                  # 6 styles × 4 seeds × 3 methods (minutes on a CPU)
+    peft-inits descriptor-study --styles rotate,invert,noise --seeds 2 --steps 10   # tiny
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ from ..checkpoint import atomic_write
 from ..collection import clustering_scores, index_collection, plot_map
 from ..descriptors import DESCRIPTORS
 from ..training.classification import classification_task
-from ..training.cli import csv_list
 from ..training.data import digits
 from ..training.data.images import ImageCorpus, ImageData
+from ..training.flags import setting
 from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from ..training.vit_models import digits_model
@@ -90,27 +90,29 @@ def styled_corpus(style: str, seed: int, train_size: int) -> ImageCorpus:
     )
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--styles", type=csv_list, default=list(STYLE_NAMES))
-    parser.add_argument("--seeds", type=int, default=4, help="adapters per style")
-    parser.add_argument("--methods", type=csv_list, default=["lora", "svfit", "loldu"])
-    parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=80)
-    parser.add_argument("--train-size", type=int, default=200)
-    parser.add_argument("--output-dir", default="runs/descriptor-study")
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=False)
-    args = parser.parse_args(argv)
-    unknown = sorted(set(args.styles) - set(STYLE_NAMES))
-    if unknown:
-        parser.error(f"unknown style(s) {unknown}; choose from {', '.join(STYLE_NAMES)}")
-    if len(args.styles) < 2 or args.seeds < 2:
-        parser.error("the study needs at least 2 styles and 2 seeds per style")
-    return args
+@dataclass(frozen=True)
+class DigitStudySettings:
+    """The digits descriptor study: `seeds` adapters of each style, for every method."""
+
+    styles: tuple[str, ...] = STYLE_NAMES
+    seeds: int = setting(4, "adapters per style")
+    methods: tuple[str, ...] = ("lora", "svfit", "loldu")
+    r: int = 8
+    steps: int = 80
+    train_size: int = 200
+    output_dir: str = "runs/descriptor-study"
+    cache_dir: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.styles) - set(STYLE_NAMES))
+        if unknown:
+            raise ValueError(f"unknown style(s) {unknown}; choose from {', '.join(STYLE_NAMES)}")
+        if len(self.styles) < 2 or self.seeds < 2:
+            raise ValueError("the study needs at least 2 styles and 2 seeds per style")
 
 
-def train_collection(args: argparse.Namespace, method: str) -> Path:
+def train_collection(args: DigitStudySettings, method: str) -> Path:
     """Train one adapter per (style, seed) for `method`; each weights folder gets a meta.json with its style."""
     root = Path(args.output_dir) / method
     for style in args.styles:
@@ -144,7 +146,7 @@ def train_collection(args: argparse.Namespace, method: str) -> Path:
 
 
 @torch.no_grad()
-def image_features(args: argparse.Namespace, labels: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+def image_features(args: DigitStudySettings, labels: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
     """Baseline: mean [CLS] embedding of each adapter's training images under the frozen pretrained ViT."""
     backbone = digits_model(5, args.cache_dir).build().vit.eval()
     rows = []
@@ -154,7 +156,7 @@ def image_features(args: argparse.Namespace, labels: Sequence[str], seeds: Seque
     return np.stack(rows)
 
 
-def evaluate(args: argparse.Namespace, method: str, root: Path) -> list[dict[str, Any]]:
+def evaluate(args: DigitStudySettings, method: str, root: Path) -> list[dict[str, Any]]:
     """Scores of every descriptor (and the image baseline) on one method's collection; maps saved as PNG."""
     base = digits_model(5, args.cache_dir).build().eval()
     collection = index_collection(root, base, progress=args.progress)
@@ -184,7 +186,8 @@ def format_table(rows: Sequence[dict[str, Any]], k: int) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run_study(args: DigitStudySettings) -> list[dict[str, Any]]:
+    """Train every method's collection (finished runs are kept), score it, write results.json/.md and maps."""
     rows = []
     for method in args.methods:
         rows += evaluate(args, method, train_collection(args, method))

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from peft_inits.cli import descriptor_study as command
 from peft_inits.studies import descriptor_study as study
 
 
@@ -21,7 +22,7 @@ def test_styles_change_the_digits_and_stay_in_range(style):
 
 
 def test_tiny_study_scores_every_descriptor(tmp_path, capsys):
-    args = study.parse_args(
+    args = command.parse_args(
         [
             "--styles",
             "rotate,invert",
@@ -37,7 +38,7 @@ def test_tiny_study_scores_every_descriptor(tmp_path, capsys):
             str(tmp_path),
         ]
     )
-    rows = study.main(args)
+    rows = command.main(args)
     assert [r["descriptor"] for r in rows] == ["factors", "delta", "gains", "image features"]
     for row in rows:
         assert -1.0 <= row["ari"] <= 1.0 and 0.0 <= row["nmi"] <= 1.0 and 0.0 <= row["p@1"] <= 1.0
@@ -51,7 +52,7 @@ def test_tiny_study_scores_every_descriptor(tmp_path, capsys):
 
 def test_study_arguments_are_checked(capsys):
     with pytest.raises(SystemExit):
-        study.parse_args(["--styles", "rotate,sepia"])
+        command.parse_args(["--styles", "rotate,sepia"])
     assert "unknown style(s) ['sepia']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        study.parse_args(["--seeds", "1"])
+        command.parse_args(["--seeds", "1"])
