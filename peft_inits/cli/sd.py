@@ -11,7 +11,7 @@ LoRA export, and the glyph-world text-to-image model (pretraining, quality, scor
     python experiments/sd.py export --adapter runs/sd-x/weights --format kohya
     python experiments/sd.py pretrain --output-dir runs/t2i     # glyph-world text-to-image model → runs/t2i/model
 
-Without --model the runner uses the shipped glyph-world model (docs/t2i_world.md: 32 × 32 captioned glyphs, an
+Without --model the runner uses the shipped glyph-world model (docs/glyph_world.md: 32 × 32 captioned glyphs, an
 SD-1.5-shaped U-Net, MiniLM text encoder; its samples name the prompted glyph 87 % and colour 99 % of the time, the
 background 56 %), unpacked once into --cache-dir. `--model tiny` is a random tiny SD-shaped pipeline that exercises
 the code paths in seconds and says nothing about image quality.

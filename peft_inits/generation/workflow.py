@@ -130,7 +130,7 @@ class FeatureChoice:
     """Which feature sources, and where their networks come from (recorded with the generator)."""
 
     sources: tuple[str, ...] = ("judge", "vae")
-    judge: str | None = None  # a judge folder; None: trained once into `cache_dir` (docs/t2i_world.md)
+    judge: str | None = None  # a judge folder; None: trained once into `cache_dir` (docs/glyph_world.md)
     cache_dir: str | None = "runs/cache"
     image_encoder: str | None = None
 

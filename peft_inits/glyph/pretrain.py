@@ -11,7 +11,7 @@ encoder, sampled with DPM++ 2M Karras. Both stages run through the shared traini
     <output>/model/    the diffusers folder (`--model <output>/model`)
 
 Latent diffusion, not pixels: one AdamW step on 32 × 32 × 3 pixels costs 4.3 s here against 0.24 s on 8 × 8 × 4
-latents (docs/t2i_world.md has the measurements).
+latents (docs/glyph_world.md has the measurements).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ a data set is reproducible item by item and in any order.
 
 Some subjects, typefaces, colours and backgrounds never appear in the default (training) world: they are kept for
 DreamBooth identity / style adapters and ablations on concepts the pretrained model has never seen. See
-docs/t2i_world.md for the design and the split.
+docs/glyph_world.md for the design and the split.
 """
 
 from __future__ import annotations
