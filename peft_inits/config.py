@@ -35,8 +35,9 @@ BlocksSpec = Optional[Union[list, dict]]
 class AdapterConfig(PeftConfig):
     """Fields shared by every adapter type (see the subclasses for the method options)."""
 
-    method: ClassVar[str]  # both set by `register_method`
+    method: ClassVar[str]  # the three set by `register_method`
     peft_type_name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]]  # the options dataclass derived from the fields below the shared ones
 
     r: int = field(default=8, metadata={"help": "rank: LoRA rank, SVFit top-r singular values, LoLDU first-r pivots"})
     alpha: Optional[float] = field(default=None, metadata={"help": "scale numerator, scale = alpha / r; None → r"})
@@ -177,7 +178,7 @@ def option_fields(config: type[AdapterConfig]) -> list[dataclasses.Field]:
 
 
 def options_class(config: type[AdapterConfig]) -> type[MethodOptions]:
-    """Derive `<Name>Options`, the frozen options dataclass of a method, from its config's option fields.
+    """Derive the frozen options dataclass of a method (`SVFitConfig.Options`) from its config's option fields.
 
     Refuses a config that is not a `@dataclass` subclass of `AdapterConfig` or that redefines a shared field."""
     own_dataclass = isinstance(config, type) and "__dataclass_fields__" in vars(config)
@@ -202,4 +203,6 @@ def options_class(config: type[AdapterConfig]) -> type[MethodOptions]:
         namespace={"check": config.check_options, "__doc__": f"The options of {config.__name__} (frozen)."},
     )
     cls.__module__ = config.__module__
+    cls.__qualname__ = f"{config.__qualname__}.Options"  # reachable by that name, so adapters pickle
+    config.Options = cls
     return cls

@@ -8,6 +8,7 @@ import dataclasses
 import inspect
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,11 +24,11 @@ from peft_inits.checkpoint import load_adapter, read_config, save_adapter
 from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
 from peft_inits.registration import register_method, unregister_method
-from peft_inits.registry import Method, get_method, method_names, methods
+from peft_inits.registry import Method, get_method, method_names, methods, option_kind
 from peft_inits.training import compare, encoder
 from peft_inits.training.defaults import RunnerDefaults, register_runner_defaults, runner_defaults
 from peft_inits.training.methods import prepare
-from peft_inits.training.options import option_specs
+from peft_inits.training.options import option_owners, option_settings
 
 pytest_plugins = ("runner_fixtures",)
 X = torch.randn(6, 13, generator=torch.Generator().manual_seed(0))
@@ -40,12 +41,12 @@ def _mlp(seed: int = 0) -> MLP:
 
 def _changed_value(f) -> object:
     """A valid non-default value of one option field, derived from its type and metadata."""
-    spec = option_specs()[f.name]
-    if spec.choices:
-        return next(c for c in spec.choices if c != f.default)
-    if spec.kind is bool:
+    kind = option_kind(f.type)[0]
+    if f.metadata.get("choices"):
+        return next(c for c in f.metadata["choices"] if c != f.default)
+    if kind is bool:
         return not f.default
-    if spec.kind is int:
+    if kind is int:
         return f.default + 1
     return 0.5
 
@@ -66,16 +67,23 @@ def test_config_json_round_trip_for_every_option(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", method_names())
+def test_an_adapted_model_pickles(name):
+    model = get_peft_model(_mlp(), get_method(name).config(r=3, target_modules=["fc1"], init_weights=False))
+    assert type(model.base_model.model.fc1.adapter("default").spec.options) is get_method(name).config.Options
+    assert torch.equal(pickle.loads(pickle.dumps(model))(X), model(X))
+
+
+@pytest.mark.parametrize("name", method_names())
 def test_cli_flag_to_setting_to_config_for_every_option(name, tiny_encoder, sentiment_csv, cache, tmp_path):
     method = get_method(name)
     argv = ["--model", str(tiny_encoder), "--data", str(sentiment_csv), "--method", name, "--r", "2"]
     expected = {}
     for f in method.option_fields():
         value = _changed_value(f)
-        spec = option_specs()[f.name]
+        flag = "--" + f.name.replace("_", "-")
         expected[f.name] = value
-        argv += [spec.flag if value is not False else "--no-" + spec.flag[2:]]
-        if spec.kind is not bool:
+        argv += [flag if value is not False else "--no-" + flag[2:]]
+        if not isinstance(value, bool):
             argv.append(str(value))
     args = encoder.parse_args(argv)
     settings = encoder.adapter_settings(args)
@@ -96,9 +104,11 @@ def test_an_option_of_another_method_is_refused():
 
 
 def test_shared_option_names_share_one_flag():
-    specs = option_specs()
-    assert specs["svd"].methods == ("svfit", "pissa") and specs["svd_niter"].kind is int
-    assert specs["pivoting"].choices == ("partial", "rook", "complete")
+    assert option_owners()["svd"] == ("svfit", "pissa")
+    fields = {f.name: f for f in dataclasses.fields(option_settings())}
+    assert fields["svd_niter"].type is int and fields["energy_threshold"].type == float | None
+    assert fields["pivoting"].metadata["choices"] == ("partial", "rook", "complete")
+    assert [a.option_strings for a in encoder.build_parser()._actions if a.dest == "svd"] == [["--svd"]]
 
 
 def test_registry_refuses_bad_declarations():
