@@ -13,9 +13,7 @@ from .flags import add_settings_flags, csv_list, flag_type, parse_bool, settings
 from .options import add_option_flags, check_applicable, options_from_args
 from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_blocks
 
-__all__ = ["blocks_arg", "csv_list"]  # re-exported: runners use them as argparse types
-
-blocks_arg = flag_type(parse_blocks)  # '0-2,5' or a JSON object of per-block ranks, as --blocks reads it
+blocks_arg = flag_type(parse_blocks)  # an argparse type for runners' own --blocks flags, as AdapterSettings reads it
 
 
 def methods_list(text: str) -> list[str]:
