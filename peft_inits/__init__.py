@@ -11,7 +11,7 @@ from .methods.svfit import SVFitConfig
 from .mixed import mixed_batch
 from .peft_bridge import register_with_peft
 from .registration import register_method
-from .registry import Method, MethodOptions, RunnerDefaults, get_method, method_names
+from .registry import Method, MethodOptions, get_method, method_names
 from .tuner import AdapterModel
 
 __version__ = "0.1.0"
@@ -29,7 +29,6 @@ __all__ = [
     "MethodOptions",
     "MiLoRAConfig",
     "PiSSAConfig",
-    "RunnerDefaults",
     "SVFitConfig",
     "__version__",
     "get_method",

@@ -1,8 +1,9 @@
-"""Drop-in PEFT configs: `AdapterConfig` (the fields every method shares) and the per-method subclasses.
+"""Drop-in PEFT configs: `AdapterConfig`, the fields every method shares, which each method file subclasses.
 
-The subclasses (`LoRAConfig`, `SVFitConfig`, `LoLDUConfig`, `PiSSAConfig`, `MiLoRAConfig`, and any method registered
-from outside) are generated from the registry by `make_config_class`: shared fields + the method's options. Each is
-a `peft.PeftConfig` dataclass, so `peft.get_peft_model(model, SVFitConfig(...))`, `save_pretrained` and
+A method's config (`LoRAConfig`, `SVFitConfig`, `LoLDUConfig`, `PiSSAConfig`, `MiLoRAConfig`, and any method
+registered from outside) is an explicit `@dataclass class SVFitConfig(AdapterConfig)` whose own fields are the
+method's options; `options_class` derives the method's frozen options dataclass from them. Each is a `peft.PeftConfig`
+dataclass, so `peft.get_peft_model(model, SVFitConfig(...))`, `save_pretrained` and
 `PeftModel.from_pretrained` work as with PEFT's own methods. Where adapters go is decided by the one block-selection
 layer (`blocks.select_blocks`); the config only carries the user's request.
 """
@@ -14,7 +15,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 from peft import PeftConfig
 from torch import nn
@@ -23,10 +24,7 @@ from .adapters import AdapterSpec
 from .blocks import Target, select_blocks
 from .checkpoint import verify_adapter_dir
 from .peft_types import add_peft_type
-from .registry import get_method
-
-if TYPE_CHECKING:
-    from .registry import Method
+from .registry import MethodOptions, get_method, option_kind
 
 CONFIG_FORMAT = 1  # bump when a saved config gains fields an older release cannot honour
 
@@ -37,8 +35,9 @@ BlocksSpec = Optional[Union[list, dict]]
 class AdapterConfig(PeftConfig):
     """Fields shared by every adapter type (see the subclasses for the method options)."""
 
-    method: ClassVar[str]
+    method: ClassVar[str]  # the three set by `register_method`
     peft_type_name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]]  # the options dataclass derived from the fields below the shared ones
 
     r: int = field(default=8, metadata={"help": "rank: LoRA rank, SVFit top-r singular values, LoLDU first-r pivots"})
     alpha: Optional[float] = field(default=None, metadata={"help": "scale numerator, scale = alpha / r; None → r"})
@@ -115,6 +114,10 @@ class AdapterConfig(PeftConfig):
             raise ValueError(_newer_message(f"unknown fields {unknown}"))
         return kwargs
 
+    def check_options(self) -> None:
+        """Cross-field rules of the method's options (override in a method's config). It runs on the config and on
+        every options instance (flags, sweeps, blocks), so it may read only option fields."""
+
     def method_options(self) -> dict[str, Any]:
         """This config's values of its method's options."""
         return {f.name: getattr(self, f.name) for f in get_method(self.method).option_fields()}
@@ -168,21 +171,38 @@ def _newer_message(what: str) -> str:
     )
 
 
-def make_config_class(method: Method) -> type[AdapterConfig]:
-    """Generate `<Method>Config`: the shared fields of `AdapterConfig` plus the method's options, as a PeftConfig."""
+def option_fields(config: type[AdapterConfig]) -> list[dataclasses.Field]:
+    """A method config's own fields, beyond `AdapterConfig`'s shared ones: the method's options."""
     shared = {f.name for f in dataclasses.fields(AdapterConfig)}
-    clash = sorted(shared & {f.name for f in method.option_fields()})
-    if clash:
-        raise ValueError(f"{method.name}: option(s) {clash} clash with fields every config has")
-    hints = typing.get_type_hints(method.options)
-    fields = [
-        (f.name, hints[f.name], field(default=f.default, metadata=dict(f.metadata))) for f in method.option_fields()
-    ]
+    return [f for f in dataclasses.fields(config) if f.name not in shared]
+
+
+def options_class(config: type[AdapterConfig]) -> type[MethodOptions]:
+    """Derive the frozen options dataclass of a method (`SVFitConfig.Options`) from its config's option fields.
+
+    Refuses a config that is not a `@dataclass` subclass of `AdapterConfig` or that redefines a shared field."""
+    own_dataclass = isinstance(config, type) and "__dataclass_fields__" in vars(config)
+    if not (own_dataclass and issubclass(config, AdapterConfig)):
+        raise TypeError(f"{config!r} must be a @dataclass subclass of peft_inits.AdapterConfig")
+    declared = config.__dataclass_fields__
+    redefined = sorted(f.name for f in dataclasses.fields(AdapterConfig) if declared[f.name] is not f)
+    if redefined:
+        raise ValueError(f"{config.__name__} redefines field(s) {redefined} that every config shares")
+    hints = typing.get_type_hints(config)
+    for f in option_fields(config):
+        try:
+            option_kind(hints[f.name])
+        except TypeError as exc:
+            raise TypeError(f"{config.__name__}.{f.name}: {exc}") from None
+    fields = [(f.name, hints[f.name], field(default=f.default, metadata=f.metadata)) for f in option_fields(config)]
     cls = dataclasses.make_dataclass(
-        method.config_name,
+        config.__name__.removesuffix("Config") + "Options",
         fields,
-        bases=(AdapterConfig,),
-        namespace={"method": method.name, "peft_type_name": method.peft_type, "__doc__": method.summary},
+        bases=(MethodOptions,),
+        frozen=True,
+        namespace={"check": config.check_options, "__doc__": f"The options of {config.__name__} (frozen)."},
     )
-    cls.__module__ = method.options.__module__
+    cls.__module__ = config.__module__
+    cls.__qualname__ = f"{config.__qualname__}.Options"  # reachable by that name, so adapters pickle
+    config.Options = cls
     return cls

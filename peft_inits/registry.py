@@ -1,17 +1,21 @@
 """The method registry: every adapter method is declared once, as a `Method`, in a module of its own.
 
-A method is its name, an options dataclass (each field's metadata carries its help text and, where it has one, its
-`choices`), a weights class (down/gain/up factors, the closed-form trainable count, the descriptor hook) and its
-runner defaults. Everything else — the `peft.PeftConfig` subclass, its PEFT registration, CLI flags, settings, sweep
-keys, export and descriptors — is derived from the registry, so adding a method means adding one file
-(`register_method` is `peft_inits.register_method`, defined in `registration.py` above the config and PEFT layers):
+A method is its name, its PEFT type, its config class — an explicit `peft.PeftConfig` dataclass whose fields beyond
+`AdapterConfig`'s shared ones are the method's options (each field's metadata carries its help text and, where it
+has one, its `choices`) — and a weights class (down/gain/up factors, the closed-form trainable count, the descriptor
+hook). Everything else — the options dataclass, the PEFT registration, CLI flags, settings, sweep keys, export and
+descriptors — is derived, so adding a method means adding one file (`register_method` is
+`peft_inits.register_method`, defined in `registration.py` above the config and PEFT layers):
 
-    @dataclass(frozen=True)
-    class MyOptions(MethodOptions):
+    @dataclass
+    class MyConfig(AdapterConfig):
+        # a docstring: one line, what trains and the source
+
         knob: float = field(default=0.5, metadata={"help": "what it does"})
 
-    MY_METHOD = register_method(Method("mine", "MyConfig", "MINE", "one line", MyOptions, MyWeights, ...))
-    MyConfig = MY_METHOD.config
+    MY_METHOD = register_method(Method("mine", "MINE", MyConfig, MyWeights))
+
+Runner defaults (learning rate and rank per task family) are the application's: `peft_inits.training.defaults`.
 """
 
 from __future__ import annotations
@@ -28,16 +32,12 @@ if TYPE_CHECKING:
     from .config import AdapterConfig
 
 Rank = Union[int, str]  # an int >= 1, or "full" = the largest rank every targeted matrix allows
-# Runner families whose defaults a method declares: "classifier" (encoder / ViT), "sd" (SD-sized U-Nets) and "glyph"
-# (the shipped glyph-world model: 7 M U-Net parameters, 32 px, 150–250 steps, so rates measured on it in
-# docs/t2i_ablation.md and docs/adapter_dataset.md). A method that declares no "glyph" defaults gets its "sd" ones.
-TASK_FAMILIES = ("classifier", "sd", "glyph")
-FAMILY_FALLBACK = {"glyph": "sd"}
 
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Base of a method's options: fields with defaults; `metadata={"help": ..., "choices": (...)}` is validated."""
+    """Base of a method's options, a frozen (hashable) copy of its config's option fields that `register_method`
+    derives; types and `metadata={"choices": (...)}` are validated, `check` is the config's `check_options`."""
 
     def __post_init__(self) -> None:
         kinds = _option_kinds(type(self))
@@ -83,27 +83,20 @@ def _check_type(name: str, value: Any, kind: type, optional: bool) -> None:
         raise ValueError(f"{name} must be {kind.__name__}{' or None' if optional else ''}, got {value!r}")
 
 
-@dataclass(frozen=True)
-class RunnerDefaults:
-    """What a runner uses when the user does not say: learning rate and rank."""
-
-    lr: float
-    r: Rank = 8
-
-
 @dataclass
 class Method:
-    """One adapter method, declared once. `config` is filled in by `register_method`."""
+    """One adapter method, declared once. `options` is derived from `config` by `register_method`."""
 
     name: str  # "svfit": the key users type (--method svfit, blocks={...: {"method": "svfit"}})
-    config_name: str  # "SVFitConfig": the generated peft.PeftConfig subclass
     peft_type: str  # "SVFIT": the peft_type saved in adapter_config.json
-    summary: str  # one line: what trains, and the source
-    options: type[MethodOptions]
+    config: type[AdapterConfig]  # SVFitConfig: the explicit peft.PeftConfig dataclass of the method file
     weights: type[AdapterWeights]
-    defaults: Mapping[str, RunnerDefaults] = field(default_factory=dict)  # task family → defaults
     rank_bounded: bool = True  # r ≤ min(m, n) (a decomposition of W); LoRA is not bounded
-    config: type[AdapterConfig] = field(init=False, repr=False)
+    options: type[MethodOptions] = field(init=False, repr=False)
+
+    @property
+    def config_name(self) -> str:
+        return self.config.__name__
 
     def option_fields(self) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(self.options)
@@ -135,17 +128,8 @@ class Method:
                 "components; pass a smaller r (runners: --r full picks the largest valid rank)"
             )
 
-    def runner_defaults(self, family: str) -> RunnerDefaults:
-        """The defaults for a runner family; a family the method does not declare falls back (glyph → sd)."""
-        if family not in self.defaults and family in FAMILY_FALLBACK:
-            return self.runner_defaults(FAMILY_FALLBACK[family])
-        if family not in self.defaults:
-            raise ValueError(f"method {self.name!r} declares no defaults for the {family!r} runners")
-        return self.defaults[family]
-
 
 _METHODS: dict[str, Method] = {}
-
 
 
 def add_method(method: Method, replace: bool = False) -> None:

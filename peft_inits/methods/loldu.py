@@ -21,15 +21,18 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
+from ..config import AdapterConfig
 from ..registration import register_method
-from ..registry import Method, MethodOptions, RunnerDefaults
+from ..registry import Method, MethodOptions
 
 Z_INITS = ("lu", "uniform", "s_uniform", "normal", "s_normal", "constant", "ones", "zeros")
 IDENTITY_Z_INITS = ("lu", "uniform", "normal", "constant")  # residual built from z₀: no change at step 0
 
 
-@dataclass(frozen=True)
-class LoLDUOptions(MethodOptions):
+@dataclass
+class LoLDUConfig(AdapterConfig):
+    """LoLDU (arXiv 2410.13618): train only the diagonal z of a pivoted LDU (r values, +1 if σ trains)."""
+
     z_init: str = field(
         default="lu",
         metadata={"help": "initial z (the official code's options; see IDENTITY_Z_INITS)", "choices": Z_INITS},
@@ -78,7 +81,7 @@ class LoLDUWeights(DecomposedWeights):
     shares_factors = True
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        options: LoLDUOptions = spec.options
+        options = spec.options  # LoLDUConfig's option fields
         fingerprint = Fn.checked_fingerprint(weight, "base weight")  # one read of W; its ‖W‖ estimate: the tolerance
         f = Fn.pivoted_ldu(
             weight,
@@ -117,7 +120,7 @@ class LoLDUWeights(DecomposedWeights):
         set_random(self.z, self.z.detach().cpu() + noise)
 
     @classmethod
-    def trainable_count(cls, options: LoLDUOptions, r: int, m: int, n: int) -> int:
+    def trainable_count(cls, options: MethodOptions, r: int, m: int, n: int) -> int:
         return r + int(options.train_sigma)
 
     def repin(self, state, weight: Tensor) -> dict[str, Tensor] | None:
@@ -140,19 +143,4 @@ class LoLDUWeights(DecomposedWeights):
         return relative_change(self.sigma * self.z - init, init)
 
 
-LOLDU = register_method(
-    Method(
-        name="loldu",
-        config_name="LoLDUConfig",
-        peft_type="LOLDU",
-        summary="LoLDU (arXiv 2410.13618): train only the diagonal z of a pivoted LDU (r values, +1 if σ trains).",
-        options=LoLDUOptions,
-        weights=LoLDUWeights,
-        defaults={
-            "classifier": RunnerDefaults(lr=5e-3, r="full"),
-            "sd": RunnerDefaults(lr=5e-3, r=8),
-            "glyph": RunnerDefaults(lr=5e-3, r=8),
-        },
-    )
-)
-LoLDUConfig = LOLDU.config
+LOLDU = register_method(Method(name="loldu", peft_type="LOLDU", config=LoLDUConfig, weights=LoLDUWeights))

@@ -10,13 +10,15 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, AdapterWeights, set_random
+from ..config import AdapterConfig
 from ..registration import register_method
-from ..registry import Method, MethodOptions, RunnerDefaults
+from ..registry import Method, MethodOptions
 
 
-@dataclass(frozen=True)
-class LoRAOptions(MethodOptions):
-    """LoRA has no options beyond the shared ones (r, alpha, seed)."""
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """Vanilla LoRA (Hu et al. 2021): A kaiming-uniform, B = 0, trains r·(m+n) values per matrix; no options beyond
+    the shared ones (r, alpha, seed)."""
 
 
 class LoRAWeights(AdapterWeights):
@@ -40,24 +42,10 @@ class LoRAWeights(AdapterWeights):
         set_random(self.lora_B, torch.empty(self.lora_B.shape).uniform_(-bound, bound, generator=generator))
 
     @classmethod
-    def trainable_count(cls, options: LoRAOptions, r: int, m: int, n: int) -> int:
+    def trainable_count(cls, options: MethodOptions, r: int, m: int, n: int) -> int:
         return r * (m + n)
 
 
 LORA = register_method(
-    Method(
-        name="lora",
-        config_name="LoRAConfig",
-        peft_type="PI_LORA",
-        summary="Vanilla LoRA (Hu et al. 2021): A kaiming-uniform, B = 0, trains r·(m+n) values per matrix.",
-        options=LoRAOptions,
-        weights=LoRAWeights,
-        defaults={
-            "classifier": RunnerDefaults(lr=3e-3, r=8),
-            "sd": RunnerDefaults(lr=1e-4, r=8),
-            "glyph": RunnerDefaults(lr=3e-3, r=8),
-        },
-        rank_bounded=False,
-    )
+    Method(name="lora", peft_type="PI_LORA", config=LoRAConfig, weights=LoRAWeights, rank_bounded=False)
 )
-LoRAConfig = LORA.config

@@ -14,14 +14,16 @@ from torch import Tensor
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec
+from ..config import AdapterConfig
 from ..registration import register_method
-from ..registry import Method, MethodOptions, RunnerDefaults
+from ..registry import Method
 from .pissa import PiSSAWeights
 
 
-@dataclass(frozen=True)
-class MiLoRAOptions(MethodOptions):
-    """MiLoRA has no options beyond the shared ones: its SVD is always exact."""
+@dataclass
+class MiLoRAConfig(AdapterConfig):
+    """MiLoRA (arXiv 2406.09044): LoRA started from the minor r singular triplets; delta BA − B₀A₀. No options
+    beyond the shared ones: its SVD is always exact."""
 
 
 class MiLoRAWeights(PiSSAWeights):
@@ -35,20 +37,4 @@ class MiLoRAWeights(PiSSAWeights):
         return Fn.SVDFactors(U[:, -r:].contiguous(), S[-r:].contiguous(), Vh[-r:].contiguous())
 
 
-MILORA = register_method(
-    Method(
-        name="milora",
-        config_name="MiLoRAConfig",
-        peft_type="PI_MILORA",
-        summary="MiLoRA (arXiv 2406.09044): LoRA started from the minor r singular triplets; delta BA − B₀A₀.",
-        options=MiLoRAOptions,
-        weights=MiLoRAWeights,
-        # LoRA's learning rates, not tuned (compare at 3e-3: test acc 0.644, 2026-12-02)
-        defaults={
-            "classifier": RunnerDefaults(lr=3e-3, r=8),
-            "sd": RunnerDefaults(lr=1e-4, r=8),
-            "glyph": RunnerDefaults(lr=3e-3, r=8),
-        },
-    )
-)
-MiLoRAConfig = MILORA.config
+MILORA = register_method(Method(name="milora", peft_type="PI_MILORA", config=MiLoRAConfig, weights=MiLoRAWeights))

@@ -15,12 +15,15 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, DecomposedWeights, set_random
+from ..config import AdapterConfig
 from ..registration import register_method
-from ..registry import Method, MethodOptions, RunnerDefaults
+from ..registry import Method, MethodOptions
 
 
-@dataclass(frozen=True)
-class PiSSAOptions(MethodOptions):
+@dataclass
+class PiSSAConfig(AdapterConfig):
+    """PiSSA (arXiv 2404.02948): LoRA started from the top-r singular triplets; delta BA − B₀A₀."""
+
     svd: str = field(
         default="exact",
         metadata={
@@ -31,7 +34,7 @@ class PiSSAOptions(MethodOptions):
     svd_niter: int = field(default=4, metadata={"help": "power iterations of the randomized SVD"})
     svd_oversample: int = field(default=10, metadata={"help": "extra columns of the randomized SVD"})
 
-    def check(self) -> None:
+    def check_options(self) -> None:
         if self.svd_niter < 0 or self.svd_oversample < 0:
             raise ValueError(f"svd_niter and svd_oversample must be >= 0, got {self.svd_niter}, {self.svd_oversample}")
 
@@ -54,7 +57,7 @@ class PiSSAWeights(DecomposedWeights):
     @staticmethod
     def triplets(weight: Tensor, spec: AdapterSpec) -> Fn.SVDFactors:
         """The principal r singular triplets (exact or randomized SVD)."""
-        options: PiSSAOptions = spec.options
+        options = spec.options  # PiSSAConfig's option fields (MiLoRA does not come here)
         return Fn.svd_top_r(
             weight,
             spec.r,
@@ -81,21 +84,4 @@ class PiSSAWeights(DecomposedWeights):
         return r * (m + n)
 
 
-PISSA = register_method(
-    Method(
-        name="pissa",
-        config_name="PiSSAConfig",
-        peft_type="PI_PISSA",
-        summary="PiSSA (arXiv 2404.02948): LoRA started from the top-r singular triplets; delta BA − B₀A₀.",
-        options=PiSSAOptions,
-        weights=PiSSAWeights,
-        # classifier lr from `compare --methods pissa --sweep pissa.lr=...` (2026-12-02, test acc): 5e-4 0.560,
-        # 1e-3 0.606, 3e-3 0.663; sd: LoRA's, not tuned
-        defaults={
-            "classifier": RunnerDefaults(lr=3e-3, r=8),
-            "sd": RunnerDefaults(lr=1e-4, r=8),
-            "glyph": RunnerDefaults(lr=3e-3, r=8),
-        },
-    )
-)
-PiSSAConfig = PISSA.config
+PISSA = register_method(Method(name="pissa", peft_type="PI_PISSA", config=PiSSAConfig, weights=PiSSAWeights))

@@ -14,12 +14,15 @@ from torch import Tensor, nn
 
 from .. import functional as Fn
 from ..adapters import AdapterSpec, DecomposedWeights, relative_change, set_random
+from ..config import AdapterConfig
 from ..registration import register_method
-from ..registry import Method, MethodOptions, RunnerDefaults
+from ..registry import Method, MethodOptions
 
 
-@dataclass(frozen=True)
-class SVFitOptions(MethodOptions):
+@dataclass
+class SVFitConfig(AdapterConfig):
+    """SVFit (arXiv 2409.05926): train only the top-r singular values of each frozen weight (r per matrix)."""
+
     energy_threshold: Optional[float] = field(
         default=None, metadata={"help": "smallest rank ≤ r whose Σσ² reaches this fraction of ‖W‖²_F (e.g. 0.99)"}
     )
@@ -27,7 +30,7 @@ class SVFitOptions(MethodOptions):
     svd_niter: int = field(default=2, metadata={"help": "power iterations of the randomized SVD"})
     svd_oversample: int = field(default=10, metadata={"help": "extra columns of the randomized SVD"})
 
-    def check(self) -> None:
+    def check_options(self) -> None:
         if self.energy_threshold is not None and not 0.0 < self.energy_threshold <= 1.0:
             raise ValueError(f"energy_threshold must be in (0, 1], got {self.energy_threshold}")
         if self.svd_niter < 0 or self.svd_oversample < 0:
@@ -44,7 +47,7 @@ class SVFitWeights(DecomposedWeights):
         return (self.spec.seed,) if self.spec.options.svd == "randomized" else ()  # the range finder's seed
 
     def __init__(self, weight: Tensor, spec: AdapterSpec) -> None:
-        options: SVFitOptions = spec.options
+        options = spec.options  # SVFitConfig's option fields
         rank = spec.r
         if options.energy_threshold is not None:
             sigma = torch.linalg.svdvals(Fn.working_copy(weight, spec.dtype))
@@ -72,26 +75,11 @@ class SVFitWeights(DecomposedWeights):
         set_random(self.s, self.s0.cpu() * u)
 
     @classmethod
-    def trainable_count(cls, options: SVFitOptions, r: int, m: int, n: int) -> int:
+    def trainable_count(cls, options: MethodOptions, r: int, m: int, n: int) -> int:
         return r  # an energy threshold may keep fewer: the built adapter's `r` is then the count
 
     def relative_gain(self) -> Tensor:
         return relative_change(self.s - self.s0, self.s0)
 
 
-SVFIT = register_method(
-    Method(
-        name="svfit",
-        config_name="SVFitConfig",
-        peft_type="SVFIT",
-        summary="SVFit (arXiv 2409.05926): train only the top-r singular values of each frozen weight (r per matrix).",
-        options=SVFitOptions,
-        weights=SVFitWeights,
-        defaults={
-            "classifier": RunnerDefaults(lr=3e-2, r="full"),
-            "sd": RunnerDefaults(lr=5e-3, r=8),
-            "glyph": RunnerDefaults(lr=0.15, r=8),
-        },
-    )
-)
-SVFitConfig = SVFIT.config
+SVFIT = register_method(Method(name="svfit", peft_type="SVFIT", config=SVFitConfig, weights=SVFitWeights))

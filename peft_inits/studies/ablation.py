@@ -16,7 +16,6 @@ adapters), the training runs under `runs/`, per-(method, seed) scores under `sco
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -34,8 +33,8 @@ from ..glyph.concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts,
 from ..glyph.scoring import score_samples
 from ..glyph.world import World, to_pil
 from ..registry import method_names
-from ..training import cli
 from ..training.flags import setting
+from ..training.settings import check_method
 
 METRICS = ("subject_fidelity", "style_fidelity", "prompt_fidelity", "accuracy_subject", "accuracy_background")
 HEADERS = ("subject fid.", "style fid.", "prompt fid.", "subject acc.", "style acc.")
@@ -46,19 +45,24 @@ LEARNED = 0.1  # a single adapter must beat the base model's judged accuracy by 
 PAPER = {"ID + style, upper": (True, True), "ID + style, middle": (True, False), "ID + style, lower": (False, False)}
 
 
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _methods(text: str) -> tuple[str, ...]:
-    return tuple(cli.methods_list(text))
+    """'svfit,loldu' → ("svfit", "loldu"), each checked against the adapter methods and the references."""
+    return tuple(check_method(name) for name in _items(text))
 
 
 def _method_lrs(text: str) -> tuple[tuple[str, float], ...]:
     """'svfit=0.2,loldu=5e-3' → (("svfit", 0.2), ("loldu", 0.005)), methods checked against the registry."""
-    pairs = [item.split("=", 1) for item in cli.csv_list(text)]
+    pairs = [item.split("=", 1) for item in _items(text)]
     if any(len(pair) != 2 or pair[0] not in method_names() for pair in pairs):
-        raise argparse.ArgumentTypeError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
+        raise ValueError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
     try:
         return tuple((name, float(value)) for name, value in pairs)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"learning rates must be numbers: {text!r}") from exc
+        raise ValueError(f"learning rates must be numbers: {text!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -307,7 +311,7 @@ def train_concept(
         concept, frozen, resolution, length=max(steps * settings.batch_size, 64), seed=seed,
         num_images=settings.images, num_prompts=2,
     )  # fmt: skip
-    lr = dict(settings.lrs).get(method)  # None: the method's rate for this model (its registry entry)
+    lr = dict(settings.lrs).get(method)  # None: the method's rate for this model (its runner defaults)
     train = TrainSettings(
         steps=steps, batch_size=settings.batch_size, lr=default_lr(method, family) if lr is None else lr,
         head_lr=0.0, warmup=0.0, eval_every=steps, save_every=steps, seed=seed, progress=False,

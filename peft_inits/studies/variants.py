@@ -2,7 +2,8 @@
 
 Syntax: `[METHOD.]KEY=VALUE` for an override and `[METHOD.]KEY=V1,V2,...` for a sweep; without `METHOD.` it applies
 to every adapter method of the comparison that has KEY (not to `full`/`head`). KEY is an `AdapterSettings` field,
-`lr`, or an option of a registered method (`loldu.pivoting=partial,rook,complete`, `svd_niter=1,4`).
+`lr`, or an option of a registered method (`loldu.pivoting=partial,rook,complete`, `svd_niter=1,4`); each value is
+read by its field's own parser, as its flag reads it (`flags.parse_value`).
 Inside one value, `+` joins list items: `--sweep loldu.blocks=0-1,2-3,0-1+4-5` gives three rows.
 """
 
@@ -14,19 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..training.options import OptionSpec, check_applicable, option_specs, options_for
-from ..training.settings import AdapterSettings, check_method, is_adapter_method, parse_rank
+from ..training.flags import is_list_field, parse_value
+from ..training.options import check_applicable, option_owners, option_settings, options_for
+from ..training.settings import AdapterSettings, TrainSettings, check_method, is_adapter_method
 
-_LIST_KEYS = {"target_modules", "module_kinds", "blocks", "exclude_modules", "head_modules"}
-_FLOAT_KEYS = {"alpha", "lr"}
-_INT_KEYS = {"init_seed"}
-_BOOL_KEYS = {"embed_factors"}
 _SETTING_KEYS = {f.name for f in dataclasses.fields(AdapterSettings)} - {"method", "options", "family"} | {"lr"}
 
 
 def valid_keys() -> list[str]:
     """Settings and every registered method's options (derived from the registry, so new methods' options work)."""
-    return sorted(_SETTING_KEYS | set(option_specs()))
+    return sorted(_SETTING_KEYS | set(option_owners()))
 
 
 @dataclass
@@ -43,23 +41,10 @@ class Variant:
         return self.label.replace(" ", "_").replace("=", "").replace("+", "-").replace(",", "-")
 
 
-def _convert(key: str, text: str, specs: dict[str, OptionSpec]) -> Any:
-    text = text.strip()
-    if key in specs:
-        return specs[key].convert(text)
-    if key == "r":
-        return parse_rank(text)
-    if key in _LIST_KEYS:
-        return [item for item in text.split("+") if item]
-    if key in _FLOAT_KEYS:
-        return float(text)
-    if key in _INT_KEYS:
-        return int(text)
-    if key in _BOOL_KEYS:
-        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-            raise ValueError(f"{key} takes true or false, got {text!r}")
-        return text.lower() in ("true", "1", "yes")
-    return text
+def _convert(key: str, text: str) -> Any:
+    """One value, read by its field's parser; list items are joined with '+' (',' separates a sweep's values)."""
+    settings = TrainSettings if key == "lr" else AdapterSettings if key in _SETTING_KEYS else option_settings()
+    return parse_value(settings, key, text.replace("+", ",") if is_list_field(settings, key) else text)
 
 
 def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[list[str], str, list[Any]]:
@@ -69,23 +54,23 @@ def parse_assignment(text: str, methods: Sequence[str], *, many: bool) -> tuple[
     left, right = text.split("=", 1)
     scope, _, key = left.strip().rpartition(".")
     key = key.replace("-", "_")
-    specs = option_specs()
-    if key not in _SETTING_KEYS and key not in specs:
+    owners = option_owners()
+    if key not in _SETTING_KEYS and key not in owners:
         raise ValueError(f"unknown setting {key!r} in {text!r}; valid: {', '.join(valid_keys())}")
     if scope:
         check_method(scope)
         if scope not in methods:
             raise ValueError(f"{text!r} names method {scope!r}, which is not among the compared ones {list(methods)}")
-        if key in specs and scope not in specs[key].methods:
-            raise ValueError(f"{text!r}: {scope} has no option {key!r} (it belongs to {', '.join(specs[key].methods)})")
+        if key in owners and scope not in owners[key]:
+            raise ValueError(f"{text!r}: {scope} has no option {key!r} (it belongs to {', '.join(owners[key])})")
         targets = [scope]
-    elif key in specs:
-        targets = [m for m in methods if m in specs[key].methods]
+    elif key in owners:
+        targets = [m for m in methods if m in owners[key]]
         if not targets:
-            raise ValueError(f"{text!r}: no compared method has option {key!r} ({', '.join(specs[key].methods)} do)")
+            raise ValueError(f"{text!r}: no compared method has option {key!r} ({', '.join(owners[key])} do)")
     else:
         targets = [m for m in methods if is_adapter_method(m)]
-    values = [_convert(key, v, specs) for v in (right.split(",") if many else [right])]
+    values = [_convert(key, v) for v in (right.split(",") if many else [right])]
     if not values:
         raise ValueError(f"no value in {text!r}")
     return targets, key, values
@@ -123,14 +108,14 @@ def build_variants(
         for method in targets:
             swept[method].append((key, values))
     rows = []
-    specs = option_specs()
+    owners = option_owners()
     for method in methods:
         axes = swept[method]
         combos = itertools.product(*[[(key, v) for v in values] for key, values in axes]) if axes else [()]
         for combo in combos:
             settings = {**fixed[method], **dict(combo)}
             lr = settings.pop("lr", None)
-            method_options = {k: settings.pop(k) for k in list(settings) if k in specs and k not in _SETTING_KEYS}
+            method_options = {k: settings.pop(k) for k in list(settings) if k in owners and k not in _SETTING_KEYS}
             adapter = dataclasses.replace(base, method=method, options=method_options, **settings)
             label = method + "".join(f" {key}={_show(value)}" for key, value in combo)
             rows.append(Variant(label, adapter, lr, swept=bool(combo)))

@@ -1,7 +1,7 @@
 """Training machinery shared by every runner (encoder, ViT, SD, descriptor studies): one loop, not one per method.
 
 - `settings`: `AdapterSettings` (which adapter, where) and `TrainSettings` (budget, schedule);
-  defaults come from the registry.
+  per-method learning rates and ranks come from `defaults` (one table, per task family).
 - `prepare.prepare`: wrap a model for any registered method (our PEFT configs) or full / head; parameter groups.
 - `loop.train`: the accelerate-based loop (CPU, GPU, DDP; bf16/fp16 autocast on GPU), periodic evaluation,
   atomic checkpoints and an exact `resume`; `task.Task` is all it needs to know about a task.

@@ -9,45 +9,16 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .configfile import read_config_file
-from .flags import add_settings_flags, settings_from_args
+from .flags import add_settings_flags, csv_list, flag_type, parse_bool, settings_from_args
 from .options import add_option_flags, check_applicable, options_from_args
-from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_rank
+from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_blocks
 
-
-def csv_list(text: str) -> list[str]:
-    """'q,v' → ['q', 'v']."""
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
-def blocks_arg(text: str) -> list[str] | dict[str, Any]:
-    """'0-2,5' → ['0-2', '5']; a JSON object gives per-block ranks, e.g. '{"0-2": 8, "5": 0}'."""
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise argparse.ArgumentTypeError(f"--blocks is not valid JSON: {exc}") from exc
-        return dict(value)
-    return csv_list(text)
-
-
-def _rank_arg(text: str) -> int | str:
-    try:
-        return parse_rank(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
-def _method_arg(text: str) -> str:
-    try:
-        return check_method(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
+blocks_arg = flag_type(parse_blocks)  # an argparse type for runners' own --blocks flags, as AdapterSettings reads it
 
 
 def methods_list(text: str) -> list[str]:
     """'lora,svfit' → ['lora', 'svfit'], each checked."""
-    return [_method_arg(item) for item in csv_list(text)]
+    return [flag_type(check_method)(item) for item in csv_list(text)]
 
 
 def add_adapter_args(
@@ -58,26 +29,14 @@ def add_adapter_args(
     head: bool = True,
     kinds_help: str = "e.g. q,v (default) or attn,ff",
 ) -> None:
-    """Adapter flags; every method option of the registry gets its flag (`--svd-niter`, `--pivoting`, ...)."""
-    group = parser.add_argument_group("adapter")
-    if single_method:
-        choices = list(methods or all_methods())
-        group.add_argument(
-            "--method", type=_method_arg, default=choices[0], help=f"one of {', '.join(choices)} (default: %(default)s)"
-        )
-        group.add_argument("--r", type=_rank_arg, default=None, help="rank (int) or 'full'; default per method")
-        group.add_argument("--alpha", type=float, default=None, help="scale numerator, scale = alpha / r")
-    group.add_argument("--target-modules", type=csv_list, default=None, help="module-name suffixes (PEFT semantics)")
-    group.add_argument("--module-kinds", type=csv_list, default=None, help=kinds_help)
-    group.add_argument("--blocks", type=blocks_arg, default=None, help="e.g. 0-2,5 or JSON {'0-2': 8, '5': 0}")
-    group.add_argument("--exclude-modules", type=csv_list, default=None)
-    if head:
-        group.add_argument("--head-modules", type=csv_list, default=None, help="trained head (default: detected)")
-    group.add_argument("--init-seed", type=int, default=0, help="seed of random inits (LoRA A, randomized SVD, z)")
-    group.add_argument("--decompose-dtype", choices=("float32", "float64"), default="float32")
-    group.add_argument(
-        "--embed-factors", action=argparse.BooleanOptionalAction, default=False, help="save frozen factors in the file"
-    )
+    """The `AdapterSettings` flags, and one flag per method option of the registry (`--svd-niter`, `--pivoting`,
+    ...). `single_method=False` (compare): no --method/--r/--alpha; `head=False`: no --head-modules."""
+    skip = {"options", "family"} | (set() if single_method else {"method", "r", "alpha"})
+    skip |= set() if head else {"head_modules"}
+    choices = list(methods or all_methods())
+    helps = {"method": f"one of {', '.join(choices)} (default: %(default)s)", "module_kinds": kinds_help}
+    defaults = AdapterSettings(method=choices[0])
+    add_settings_flags(parser.add_argument_group("adapter"), AdapterSettings, defaults=defaults, skip=skip, helps=helps)
     add_option_flags(parser.add_argument_group("method options (each applies to the methods named in its help)"))
 
 
@@ -109,12 +68,37 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
             values = read_config_file(known.config)
         except (FileNotFoundError, ValueError) as exc:
             parser.error(str(exc))
-        dests = {action.dest for action in parser._actions} - {"help", "config"}
-        unknown = sorted(set(values) - dests)
+        actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+        unknown = sorted(set(values) - set(actions))
         if unknown:
-            parser.error(f"unknown option(s) {unknown} in {known.config}; valid: {', '.join(sorted(dests))}")
-        parser.set_defaults(**values)
+            parser.error(f"unknown option(s) {unknown} in {known.config}; valid: {', '.join(sorted(actions))}")
+        try:
+            parser.set_defaults(**{key: _from_file(actions[key], value) for key, value in values.items()})
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            parser.error(f"{known.config}: {exc}")
     return parser.parse_args(argv)
+
+
+def _from_file(action: argparse.Action, value: Any) -> Any:
+    """A config-file value read as its flag reads text (lists comma-joined, tables as JSON), so a value means the
+    same in a file as on the command line."""
+    if value is None or (action.type is None and not isinstance(action, argparse.BooleanOptionalAction)):
+        return value
+    if isinstance(action, argparse.BooleanOptionalAction):
+        return parse_bool(value) if isinstance(value, str) else value
+    if isinstance(value, dict):
+        text = json.dumps(value)
+    elif isinstance(value, (list, tuple)):
+        text = ",".join(map(str, value))
+    else:
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+    try:
+        parsed = action.type(text)
+    except (ValueError, argparse.ArgumentTypeError) as exc:
+        raise ValueError(f"{action.dest}: {exc}") from exc
+    if action.choices is not None and parsed not in action.choices:
+        raise ValueError(f"{action.dest} must be one of {', '.join(map(str, action.choices))}, got {value!r}")
+    return parsed
 
 
 def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettings:
@@ -124,22 +108,7 @@ def adapter_settings(args: argparse.Namespace, **override: Any) -> AdapterSettin
     if options is None:
         options = options_from_args(args)
         check_applicable(options, [method])
-    fields = {
-        "method": getattr(args, "method", "lora"),
-        "r": getattr(args, "r", None),
-        "alpha": getattr(args, "alpha", None),
-        "target_modules": args.target_modules,
-        "module_kinds": args.module_kinds,
-        "blocks": args.blocks,
-        "exclude_modules": args.exclude_modules,
-        "head_modules": getattr(args, "head_modules", None),
-        "init_seed": args.init_seed,
-        "decompose_dtype": args.decompose_dtype,
-        "embed_factors": args.embed_factors,
-        "options": options,
-    }
-    fields.update(override)
-    return AdapterSettings(**fields)
+    return settings_from_args(AdapterSettings, args, options=options, **override)
 
 
 def train_settings(args: argparse.Namespace, **override: Any) -> TrainSettings:

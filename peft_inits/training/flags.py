@@ -1,9 +1,11 @@
 """Settings dataclasses as command-line flags: one flag per field, its type, default and help taken from the field.
 
 A field's `metadata` may hold `help`, `flag` (the flag's name when it is not the field's, e.g. `--steps` for
-`unet_steps`), `choices`, and `parse` (text → value, for types not listed here). Types: bool (`--x` / `--no-x`),
-int, float, str, `X | None`, and `tuple[X, ...]` written comma-separated (`--seeds 0,1,2`). `settings_from_args`
-builds the dataclass back from the parsed namespace, so a setting is declared once, in its dataclass.
+`unet_steps`), `choices`, and `parse` (text → value, raising ValueError with a message, for types not listed here).
+Types: bool (`--x` / `--no-x`), int, float, str, `X | None`, and `tuple[X, ...]` / `list[X]` written comma-separated
+(`--seeds 0,1,2`). `settings_from_args` builds the dataclass back from the parsed namespace, so a setting is
+declared once, in its dataclass. The same per-field parser (`parse_value`) reads config-file values and `compare`'s
+sweep values, so a value means the same wherever it is written.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union
 
 Settings = TypeVar("Settings")
@@ -22,6 +24,11 @@ Settings = TypeVar("Settings")
 def setting(default: Any, help: str | None = None, **metadata: Any) -> Any:
     """A dataclass field whose flag's help (and `flag`, `choices` or `parse`) lives in its metadata."""
     return dataclasses.field(default=default, metadata={"help": help, **metadata})
+
+
+def csv_list(text: str) -> list[str]:
+    """'q,v' → ['q', 'v'] (items stripped, empty ones dropped)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _flag_name(field: dataclasses.Field) -> str:
@@ -35,12 +42,14 @@ def add_settings_flags(
     defaults: Any = None,
     skip: Iterable[str] = (),
     only: Iterable[str] | None = None,
+    helps: Mapping[str, str] | None = None,
 ) -> None:
-    """Add one flag per field of the dataclass `settings` (defaults from `defaults`, an instance, if given)."""
-    skipped, wanted = set(skip), None if only is None else set(only)
+    """Add one flag per field of the dataclass `settings` (defaults from `defaults`, an instance, if given; `helps`
+    replaces a field's help for this parser)."""
+    skipped, wanted, helps = set(skip), None if only is None else set(only), dict(helps or {})
     for field in _fields(settings, skipped, wanted):
         default = getattr(defaults, field.name) if defaults is not None else _default(field)
-        help_text = field.metadata.get("help")
+        help_text = helps.get(field.name, field.metadata.get("help"))
         kind, parse = _parser(settings, field)
         if kind is bool:
             parser.add_argument(
@@ -54,7 +63,7 @@ def add_settings_flags(
         parser.add_argument(
             _flag_name(field),
             dest=field.name,
-            type=parse,
+            type=flag_type(parse),
             default=default,
             choices=field.metadata.get("choices"),
             metavar=None if field.metadata.get("choices") else kind,
@@ -68,6 +77,47 @@ def settings_from_args(settings: type[Settings], args: argparse.Namespace, **ove
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if hasattr(args, f.name)}
     values.update(override)
     return settings(**values)
+
+
+def parse_value(settings: type, name: str, text: str) -> Any:
+    """One field's value from text, as its flag reads it, plus the checks argparse does for a flag (`choices`) and
+    the word form of a switch (true/false, yes/no, 1/0). A ValueError names the field."""
+    field = _field(settings, name)
+    try:
+        value = _parser(settings, field)[1](text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from exc
+    choices = field.metadata.get("choices")
+    if choices is not None and value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {text!r}")
+    return value
+
+
+def is_list_field(settings: type, name: str) -> bool:
+    """Whether a field holds several items (`list[X]`, `tuple[X, ...]`; `compare` sweeps join them with '+')."""
+    hint = _hints(settings)[name]
+    args = typing.get_args(hint) if typing.get_origin(hint) in (Union, types.UnionType) else (hint,)
+    return any(typing.get_origin(a) in (list, tuple) for a in args)
+
+
+def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`parse` as an argparse `type`: its ValueError message becomes the flag's error message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _field(settings: type, name: str) -> dataclasses.Field:
+    for field in dataclasses.fields(settings):
+        if field.name == name:
+            return field
+    raise ValueError(f"{settings.__name__} has no field {name!r}")
 
 
 def _fields(settings: type, skipped: set[str], wanted: set[str] | None) -> list[dataclasses.Field]:
@@ -89,29 +139,53 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def _parser(settings: type, field: dataclasses.Field) -> tuple[Any, Callable[[str], Any]]:
-    """(metavar, or bool for a switch; text → value) of one field."""
+    """(metavar, or bool for a switch; text → value, raising ValueError) of one field; 'none' is None where the
+    type allows None."""
     hint = _hints(settings)[field.name]
+    optional = False
     if typing.get_origin(hint) in (Union, types.UnionType):  # X | None
         kinds = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(kinds) < len(typing.get_args(hint))
         hint = kinds[0] if len(kinds) == 1 else hint
     custom = field.metadata.get("parse")
     if custom is not None:
-        return field.name.upper(), custom
-    if hint is bool:
-        return bool, bool
-    if hint in (int, float, str):
-        return hint.__name__.upper(), hint
-    if typing.get_origin(hint) is tuple and typing.get_args(hint)[0] in (int, float, str):
-        item = typing.get_args(hint)[0]
-        return f"{item.__name__.upper()},…", functools.partial(_comma_tuple, item)
-    raise TypeError(f"{settings.__name__}.{field.name}: no flag for type {hint!r}; give it metadata['parse']")
+        metavar, parse = field.name.upper(), custom
+    elif hint is bool:
+        return bool, parse_bool
+    elif hint in (int, float, str):
+        metavar, parse = hint.__name__.upper(), functools.partial(_parse_kind, hint)
+    elif typing.get_origin(hint) in (tuple, list) and typing.get_args(hint)[0] in (int, float, str):
+        item, container = typing.get_args(hint)[0], typing.get_origin(hint)
+        metavar, parse = f"{item.__name__.upper()},…", functools.partial(_comma_items, item, container)
+    else:
+        raise TypeError(f"{settings.__name__}.{field.name}: no flag for type {hint!r}; give it metadata['parse']")
+    return metavar, functools.partial(_none_or, parse) if optional else parse
 
 
-def _comma_tuple(kind: type, text: str) -> tuple[Any, ...]:
+def _none_or(parse: Callable[[str], Any], text: str) -> Any:
+    return None if text.strip().lower() == "none" else parse(text)
+
+
+def _parse_kind(kind: type, text: str) -> Any:
     try:
-        return tuple(kind(item.strip()) for item in text.split(",") if item.strip())
+        return kind(text.strip())
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__} values, got {text!r}") from exc
+        raise ValueError(f"cannot read {text!r} as {kind.__name__} ({exc})") from exc
+
+
+def parse_bool(text: str) -> bool:
+    """A switch's value written as a word: true/false, yes/no, 1/0."""
+    word = text.strip().lower()
+    if word not in ("true", "false", "1", "0", "yes", "no"):
+        raise ValueError(f"cannot read {text!r} as bool (takes true or false)")
+    return word in ("true", "1", "yes")
+
+
+def _comma_items(kind: type, container: type, text: str) -> tuple[Any, ...] | list[Any]:
+    try:
+        return container(kind(item) for item in csv_list(text))
+    except ValueError as exc:
+        raise ValueError(f"expected comma-separated {kind.__name__} values, got {text!r}") from exc
 
 
 @functools.cache

@@ -1,115 +1,79 @@
-"""Method options as runner settings, derived from the registry: one `OptionSpec` per option name.
+"""Method options as runner settings, derived from the registry: one settings field per option name.
 
-Two methods may share an option name (SVFit and PiSSA both have `svd`): they share one flag (`--svd`), which
-applies to every method that has the option. CLI flags, config-file keys and `compare` sweep keys all come from here.
+Two methods may share an option name (SVFit and PiSSA both have `svd`): they share one field and so one flag
+(`--svd`), which applies to every method that has the option. `option_settings()` is a dataclass of those fields
+(default None: the method's own default), so its flags, config-file keys and `compare` sweep values come from the
+one settings→flags mechanism (`flags.add_settings_flags`, `flags.parse_value`) like every other setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import typing
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from ..registry import get_method, methods, option_kind
+from .flags import add_settings_flags, setting
 
 
-@dataclass(frozen=True)
-class OptionSpec:
-    """One option name across the methods that have it."""
-
-    name: str
-    kind: type  # bool, int, float or str
-    optional: bool  # None is a valid value
-    choices: tuple[Any, ...] | None
-    help: str
-    methods: tuple[str, ...]
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def convert(self, text: str) -> Any:
-        """Parse one value from text (CLI, sweeps), with an error that names the option."""
-        text = text.strip()
-        if self.optional and text.lower() == "none":
-            return None
-        try:
-            if self.kind is bool:
-                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError("takes true or false")
-                value: Any = text.lower() in ("true", "1", "yes")
-            else:
-                value = self.kind(text)
-        except ValueError as exc:
-            raise ValueError(f"{self.name}: cannot read {text!r} as {self.kind.__name__} ({exc})") from exc
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}, got {text!r}")
-        return value
-
-
-def option_specs() -> dict[str, OptionSpec]:
-    """Every option of every registered method, by name (shared names merged; their types must agree)."""
-    specs: dict[str, OptionSpec] = {}
+def option_owners() -> dict[str, tuple[str, ...]]:
+    """Every option name of every registered method → the methods that have it, in registration order."""
+    owners: dict[str, tuple[str, ...]] = {}
     for method in methods():
-        hints = typing.get_type_hints(method.options)
         for f in method.option_fields():
+            owners[f.name] = (*owners.get(f.name, ()), method.name)
+    return owners
+
+
+def option_settings() -> type:
+    """The dataclass with one field per option name of the registered methods (rebuilt when the registry changes)."""
+    return _option_settings(tuple((m.name, m.options) for m in methods()))
+
+
+@functools.cache
+def _option_settings(registry: tuple[tuple[str, type], ...]) -> type:
+    merged: dict[str, dict[str, Any]] = {}  # name → kind, optional, choices, help, methods
+    for method, options in registry:
+        hints = typing.get_type_hints(options)
+        for f in dataclasses.fields(options):
             kind, optional = option_kind(hints[f.name])
-            choices = f.metadata.get("choices")
-            known = specs.get(f.name)
+            choices = tuple(f.metadata.get("choices") or ())
+            known = merged.get(f.name)
             if known is None:
-                specs[f.name] = OptionSpec(
-                    f.name,
-                    kind,
-                    optional,
-                    tuple(choices) if choices else None,
-                    f.metadata.get("help", ""),
-                    (method.name,),
-                )
+                merged[f.name] = dict(kind=kind, optional=optional, choices=choices, help=f.metadata.get("help", ""))
+                merged[f.name]["methods"] = (method,)
                 continue
-            if known.kind is not kind:
+            if known["kind"] is not kind:
                 raise TypeError(
-                    f"option {f.name!r} is {known.kind.__name__} in {known.methods} but {kind.__name__} "
-                    f"in {method.name}; shared option names must share a type"
+                    f"option {f.name!r} is {known['kind'].__name__} in {known['methods']} but {kind.__name__} "
+                    f"in {method}; shared option names must share a type"
                 )
-            merged = known.choices
-            if known.choices is not None and choices:
-                merged = known.choices + tuple(c for c in choices if c not in known.choices)
-            specs[f.name] = OptionSpec(
-                f.name,
-                kind,
-                known.optional or optional,
-                merged if choices else None,
-                known.help,
-                (*known.methods, method.name),
-            )
-    return specs
+            known["methods"] += (method,)
+            known["optional"] |= optional
+            extra = tuple(c for c in choices if c not in known["choices"])
+            known["choices"] = known["choices"] + extra if choices and known["choices"] else ()  # () = free text
+    fields = []
+    for name, spec in merged.items():
+        help_text = f"{', '.join(spec['methods'])}: {spec['help']}"
+        if spec["kind"] is not bool:
+            help_text += " (default: the method's, see its config)"
+        metadata = {"choices": spec["choices"]} if spec["choices"] else {}
+        kind = spec["kind"] | None if spec["optional"] else spec["kind"]
+        fields.append((name, kind, setting(None, help_text, **metadata)))
+    return dataclasses.make_dataclass("MethodOptionSettings", fields, frozen=True)
 
 
 def add_option_flags(group: argparse._ArgumentGroup) -> None:
     """One flag per option; the default None means "the method's own default"."""
-    for spec in option_specs().values():
-        owners = ", ".join(spec.methods)
-        if spec.kind is bool:
-            group.add_argument(
-                spec.flag, action=argparse.BooleanOptionalAction, default=None, help=f"{owners}: {spec.help}"
-            )
-            continue
-        group.add_argument(
-            spec.flag,
-            type=spec.convert,
-            default=None,
-            metavar=spec.kind.__name__.upper()
-            if spec.choices is None
-            else "{" + ",".join(map(str, spec.choices)) + "}",
-            help=f"{owners}: {spec.help} (default: the method's, see its config)",
-        )
+    add_settings_flags(group, option_settings())
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The method options set on the command line or in a config file (unset ones are left to the methods)."""
-    return {name: getattr(args, name) for name in option_specs() if getattr(args, name, None) is not None}
+    return {name: getattr(args, name) for name in option_owners() if getattr(args, name, None) is not None}
 
 
 def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,10 +84,9 @@ def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 def check_applicable(options: Mapping[str, Any], compared: Iterable[str]) -> None:
     """Refuse an option that none of the `compared` methods has (a typo or a wrong method, never silently ignored)."""
-    specs = option_specs()
+    owners = option_owners()
     names = list(compared)
     for name in options:
-        if not set(specs[name].methods) & set(names):
-            raise ValueError(
-                f"{specs[name].flag} is an option of {', '.join(specs[name].methods)}, not of {', '.join(names)}"
-            )
+        if not set(owners[name]) & set(names):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is an option of {', '.join(owners[name])}, not of {', '.join(names)}")

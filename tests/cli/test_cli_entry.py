@@ -26,3 +26,23 @@ def test_an_unknown_command_is_refused_with_the_list(capsys):
     assert cli.main(["train"]) == 2
     error = capsys.readouterr().err
     assert "unknown command 'train'" in error and "compare" in error
+
+
+def test_python_dash_m_runs_the_same_command():
+    """`python -m peft_inits.cli` is the console script without it (a checkout, a notebook's shell)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "peft_inits.cli", "demo", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: peft-inits demo")
+
+
+@pytest.mark.parametrize("command", ["train", "sample", "ablation", "adapter-dataset", "descriptors", "pretrain"])
+def test_sd_subcommands_have_working_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["sd", command, "--help"])
+    assert exit_.value.code == 0
+    assert f"peft-inits sd {command}" in capsys.readouterr().out

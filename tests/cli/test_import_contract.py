@@ -25,7 +25,7 @@ from pathlib import Path
 
 # Modules that still parse arguments outside the command line (issue 20); the list may only shrink.
 ALLOWED_ARGPARSE = [
-    "studies.ablation", "studies.compare",
+    "studies.compare",
     "training.cli", "training.flags", "training.options",
 ]  # fmt: skip
 PACKAGE = Path(__file__).resolve().parents[2] / "peft_inits"

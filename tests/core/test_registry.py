@@ -4,8 +4,11 @@ the new methods (PiSSA parity with PEFT, MiLoRA's minor components, rank-reveali
 from __future__ import annotations
 
 import copy
+import dataclasses
+import inspect
 import json
 import math
+import pickle
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,16 +18,17 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from runner_helpers import load_script
 from torch import Tensor, nn
 
-from peft_inits import AdapterSpec, AdapterWeights, LoLDUConfig, MiLoRAConfig, PiSSAConfig
+from peft_inits import AdapterConfig, AdapterSpec, AdapterWeights, LoLDUConfig, MiLoRAConfig, PiSSAConfig
 from peft_inits import functional as Fn
 from peft_inits.checkpoint import load_adapter, read_config, save_adapter
 from peft_inits.cli import encoder
 from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
 from peft_inits.registration import register_method, unregister_method
-from peft_inits.registry import Method, MethodOptions, RunnerDefaults, get_method, method_names, methods
+from peft_inits.registry import Method, get_method, method_names, methods, option_kind
 from peft_inits.studies import compare
-from peft_inits.training.options import option_specs
+from peft_inits.training.defaults import RunnerDefaults, register_runner_defaults, runner_defaults
+from peft_inits.training.options import option_owners, option_settings
 from peft_inits.training.prepare import prepare
 
 pytest_plugins = ("runner_fixtures",)
@@ -38,12 +42,12 @@ def _mlp(seed: int = 0) -> MLP:
 
 def _changed_value(f) -> object:
     """A valid non-default value of one option field, derived from its type and metadata."""
-    spec = option_specs()[f.name]
-    if spec.choices:
-        return next(c for c in spec.choices if c != f.default)
-    if spec.kind is bool:
+    kind = option_kind(f.type)[0]
+    if f.metadata.get("choices"):
+        return next(c for c in f.metadata["choices"] if c != f.default)
+    if kind is bool:
         return not f.default
-    if spec.kind is int:
+    if kind is int:
         return f.default + 1
     return 0.5
 
@@ -64,16 +68,23 @@ def test_config_json_round_trip_for_every_option(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", method_names())
+def test_an_adapted_model_pickles(name):
+    model = get_peft_model(_mlp(), get_method(name).config(r=3, target_modules=["fc1"], init_weights=False))
+    assert type(model.base_model.model.fc1.adapter("default").spec.options) is get_method(name).config.Options
+    assert torch.equal(pickle.loads(pickle.dumps(model))(X), model(X))
+
+
+@pytest.mark.parametrize("name", method_names())
 def test_cli_flag_to_setting_to_config_for_every_option(name, tiny_encoder, sentiment_csv, cache, tmp_path):
     method = get_method(name)
     argv = ["--model", str(tiny_encoder), "--data", str(sentiment_csv), "--method", name, "--r", "2"]
     expected = {}
     for f in method.option_fields():
         value = _changed_value(f)
-        spec = option_specs()[f.name]
+        flag = "--" + f.name.replace("_", "-")
         expected[f.name] = value
-        argv += [spec.flag if value is not False else "--no-" + spec.flag[2:]]
-        if spec.kind is not bool:
+        argv += [flag if value is not False else "--no-" + flag[2:]]
+        if not isinstance(value, bool):
             argv.append(str(value))
     args = encoder.parse_args(argv)
     settings = encoder.adapter_settings(args)
@@ -94,9 +105,11 @@ def test_an_option_of_another_method_is_refused():
 
 
 def test_shared_option_names_share_one_flag():
-    specs = option_specs()
-    assert specs["svd"].methods == ("svfit", "pissa") and specs["svd_niter"].kind is int
-    assert specs["pivoting"].choices == ("partial", "rook", "complete")
+    assert option_owners()["svd"] == ("svfit", "pissa")
+    fields = {f.name: f for f in dataclasses.fields(option_settings())}
+    assert fields["svd_niter"].type is int and fields["energy_threshold"].type == float | None
+    assert fields["pivoting"].metadata["choices"] == ("partial", "rook", "complete")
+    assert [a.option_strings for a in encoder.build_parser()._actions if a.dest == "svd"] == [["--svd"]]
 
 
 def test_registry_refuses_bad_declarations():
@@ -104,9 +117,60 @@ def test_registry_refuses_bad_declarations():
     with pytest.raises(ValueError, match="already registered"):
         register_method(copy.copy(lora))
     with pytest.raises(ValueError, match="peft_type 'PI_LORA' is already used"):
-        register_method(Method("lora2", "L2Config", "PI_LORA", "", lora.options, lora.weights))
+        register_method(Method("lora2", "PI_LORA", lora.config, lora.weights))
     with pytest.raises(ValueError, match="lower-case"):
-        register_method(Method("Bad-Name", "BConfig", "BAD", "", lora.options, lora.weights))
+        register_method(Method("Bad-Name", "BAD", lora.config, lora.weights))
+    with pytest.raises(ValueError, match="LoRAConfig is already the config of method 'lora'"):
+        register_method(Method("lora2", "LORA2", lora.config, lora.weights))
+    assert method_names().count("lora2") == 0 and lora.config.method == "lora"
+
+
+def test_a_config_must_be_an_explicit_dataclass_that_keeps_the_shared_fields():
+    lora = get_method("lora")
+
+    class Undecorated(AdapterConfig):
+        knob: float = 1.0
+
+    @dataclass
+    class Redefines(AdapterConfig):
+        r: int = 16
+
+    @dataclass
+    class Listy(AdapterConfig):
+        names: list = field(default_factory=list)
+
+    with pytest.raises(TypeError, match=r"must be a @dataclass subclass of peft_inits\.AdapterConfig"):
+        register_method(Method("undecorated", "UNDECORATED", Undecorated, lora.weights))
+    with pytest.raises(ValueError, match=r"Redefines redefines field\(s\) \['r'\] that every config shares"):
+        register_method(Method("redefines", "REDEFINES", Redefines, lora.weights))
+    with pytest.raises(TypeError, match=r"Listy\.names: method options must be bool, int, float or str"):
+        register_method(Method("listy", "LISTY", Listy, lora.weights))
+    assert not {"undecorated", "redefines", "listy"} & set(method_names())
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_options_are_the_config_fields_beyond_the_shared_ones(name):
+    method = get_method(name)
+    shared = {f.name for f in dataclasses.fields(AdapterConfig)}
+    own = [f for f in dataclasses.fields(method.config) if f.name not in shared]
+    assert [(f.name, f.default, dict(f.metadata)) for f in method.option_fields()] == [
+        (f.name, f.default, dict(f.metadata)) for f in own
+    ]
+    assert method.config.__module__ == f"peft_inits.methods.{name}" and method.config.method == name
+    assert method.options.__module__ == method.config.__module__
+    assert set(inspect.signature(method.config).parameters) == shared | {f.name for f in own}
+
+
+def test_runner_defaults_are_the_application_table():
+    assert runner_defaults("svfit", "classifier") == RunnerDefaults(lr=3e-2, r="full")
+    assert runner_defaults("pissa", "glyph") == RunnerDefaults(lr=3e-3, r=8)
+    with pytest.raises(ValueError, match="unknown runner families \\['gpu'\\]"):
+        register_runner_defaults("lora", gpu=RunnerDefaults(lr=1.0))
+    with pytest.raises(TypeError, match="must be RunnerDefaults"):
+        register_runner_defaults("lora", sd=1e-4)
+    with pytest.raises(ValueError, match="declares no defaults for the 'classifier' runners"):
+        runner_defaults("nope", "classifier")
+    assert runner_defaults("lora", "sd") == RunnerDefaults(lr=1e-4, r=8)  # the refused calls changed nothing
     with pytest.raises(ValueError, match="unknown adapter method 'nope'"):
         get_method("nope")
 
@@ -114,11 +178,13 @@ def test_registry_refuses_bad_declarations():
 # ------------------------------------------------------------------------------------------------ a method from outside
 
 
-@dataclass(frozen=True)
-class RandGainOptions(MethodOptions):
+@dataclass
+class RandGainConfig(AdapterConfig):
+    """test method: random frozen projections, trainable gain"""
+
     std: float = field(default=1.0, metadata={"help": "std of the frozen random projections"})
 
-    def check(self) -> None:
+    def check_options(self) -> None:
         if self.std <= 0:
             raise ValueError(f"std must be > 0, got {self.std}")
 
@@ -148,17 +214,8 @@ class RandGainWeights(AdapterWeights):
 
 @pytest.fixture
 def randgain():
-    method = register_method(
-        Method(
-            name="randgain",
-            config_name="RandGainConfig",
-            peft_type="TEST_RANDGAIN",
-            summary="test method: random frozen projections, trainable gain",
-            options=RandGainOptions,
-            weights=RandGainWeights,
-            defaults={"classifier": RunnerDefaults(lr=5e-2, r=4), "sd": RunnerDefaults(lr=1e-2, r=4)},
-        )
-    )
+    method = register_method(Method("randgain", "TEST_RANDGAIN", RandGainConfig, RandGainWeights))
+    register_runner_defaults("randgain", classifier=RunnerDefaults(lr=5e-2, r=4), sd=RunnerDefaults(lr=1e-2, r=4))
     yield method
     unregister_method("randgain")
     assert "randgain" not in method_names()
@@ -167,7 +224,13 @@ def randgain():
 def test_outside_method_works_everywhere_the_builtins_do(randgain, tmp_path):
     base = _mlp()
     reference = base(X)
-    model = get_peft_model(copy.deepcopy(base), randgain.config(r=4, std=0.5, target_modules=["fc1", "fc2"]))
+    assert randgain.config is RandGainConfig and RandGainConfig.peft_type_name == "TEST_RANDGAIN"
+    assert runner_defaults("randgain", "glyph") == RunnerDefaults(lr=1e-2, r=4)  # glyph falls back to sd
+    with pytest.raises(ValueError, match="std must be > 0, got -1"):
+        RandGainConfig(std=-1.0)
+    with pytest.raises(ValueError, match="std must be > 0, got 0"):
+        randgain.make_options({"std": 0.0})
+    model = get_peft_model(copy.deepcopy(base), RandGainConfig(r=4, std=0.5, target_modules=["fc1", "fc2"]))
     assert torch.equal(model(X), reference)
     assert model.get_nb_trainable_parameters()[0] == 8
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.1)

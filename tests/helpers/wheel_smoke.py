@@ -66,6 +66,7 @@ def import_every_module() -> int:
     import peft_inits
 
     names = [info.name for info in pkgutil.walk_packages(peft_inits.__path__, "peft_inits.")]
+    names = [name for name in names if not name.endswith(".__main__")]  # `python -m` entry points run on import
     for name in names:
         importlib.import_module(name)
     return len(names)

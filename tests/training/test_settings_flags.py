@@ -96,3 +96,41 @@ def test_runner_commands_default_to_their_settings_dataclasses():
     assert settings_from_args(AblationSettings, ablation) == AblationSettings(
         methods=("svfit", "loldu"), lrs=(("svfit", 0.2),), images=8
     )
+
+
+def test_config_files_and_sweeps_read_values_with_the_flags_parsers(tmp_path, capsys):
+    from peft_inits.cli import encoder
+    from peft_inits.studies.variants import build_variants
+    from peft_inits.training.settings import AdapterSettings
+
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        'method = "loldu"\nr = "full"\nblocks = {"0-1" = 4}\ntarget-modules = ["query", "value"]\n'
+        'train_sigma = "yes"\nsteps = "3"\nlr = 1\nmodule-kinds = "q,v"\n'
+    )
+    argv = ["--method", "loldu", "--r", "full", "--blocks", '{"0-1": 4}', "--target-modules", "query,value"]
+    flags = encoder.parse_args([*argv, "--train-sigma", "--steps", "3", "--lr", "1", "--module-kinds", "q,v"])
+    from_file = encoder.parse_args(["--config", str(toml)])
+    assert vars(from_file) == {**vars(flags), "config": str(toml)}
+    assert (flags.r, flags.blocks, flags.train_sigma, flags.steps, flags.lr) == ("full", {"0-1": 4}, True, 3, 1.0)
+    assert encoder.adapter_settings(from_file) == encoder.adapter_settings(flags)
+
+    rows = build_variants(["loldu"], AdapterSettings(), sweeps=["blocks=0-1+2,3", "train_sigma=yes,0"])
+    assert [(v.adapter.blocks, v.adapter.options) for v in rows] == [
+        (["0-1", "2"], {"train_sigma": True}),
+        (["0-1", "2"], {"train_sigma": False}),
+        (["3"], {"train_sigma": True}),
+        (["3"], {"train_sigma": False}),
+    ]
+    for text, message in [
+        ('steps = "x"', "steps: cannot read 'x' as int"),
+        ('decompose-dtype = "float16"', "decompose_dtype must be one of float32, float64, got 'float16'"),
+        ("r = 0", "r: rank r must be an integer >= 1 or 'full', got 0"),
+        ('blocks = "{0"', "blocks: --blocks is not valid JSON"),
+    ]:
+        toml.write_text(text + "\n")
+        with pytest.raises(SystemExit):
+            encoder.parse_args(["--config", str(toml)])
+        assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match="alpha: cannot read 'big' as float"):
+        build_variants(["lora"], AdapterSettings(), overrides=["alpha=big"])
