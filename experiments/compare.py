@@ -7,8 +7,8 @@
 All options: --help. The machinery lives in `peft_inits.studies.compare`.
 """
 
-from peft_inits.studies.compare import main, parse_args
-from peft_inits.training.cli import run_script
+from peft_inits.cli.args import run_script
+from peft_inits.cli.compare import main, parse_args
 
 if __name__ == "__main__":
     run_script(main, parse_args)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "compare": ("peft_inits.studies.compare", "every method side by side on a text classifier, one table and plot"),
+    "compare": ("peft_inits.cli.compare", "every method side by side on a text classifier, one table and plot"),
     "encoder": ("peft_inits.cli.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
     "vit": ("peft_inits.cli.vit", "fine-tune a ViT image classifier"),
     "sd": ("peft_inits.cli.sd", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ..diffusion.quiet import silence_image_processor_fallback
 
         silence_image_processor_fallback()  # before diffusers loads its pipelines
-    from ..training.cli import run_script
+    from .args import run_script
 
     module = importlib.import_module(COMMANDS[command][0])
     sys.argv[0] = f"peft-inits {command}"  # argparse's `prog`: usage lines name the command users typed

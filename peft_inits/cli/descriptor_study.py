@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..studies.descriptor_study import DigitStudySettings, run_study
-from ..training.flags import add_settings_flags, settings_from_args
+from .flags import add_settings_flags, settings_from_args
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -12,10 +12,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from ..training.cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
-from ..training.cli import train_settings as make_train_settings
 from ..training.encoder import DEFAULTS, EncoderSetup, TextTaskSettings, run_encoder, setup
-from ..training.flags import add_settings_flags, settings_from_args
+from .args import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
+from .args import train_settings as make_train_settings
+from .flags import add_settings_flags, settings_from_args
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:

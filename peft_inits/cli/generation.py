@@ -11,9 +11,9 @@ import argparse
 import json
 from typing import Any
 
-from ..training import cli
-from ..training.flags import add_settings_flags, settings_from_args
 from ..training.settings import TrainSettings
+from . import args as cli
+from .flags import add_settings_flags, settings_from_args
 
 
 def _sources(text: str) -> tuple[str, ...]:

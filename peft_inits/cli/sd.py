@@ -46,10 +46,10 @@ from ..glyph.trainset import check_data, glyph_training_set
 from ..registry import method_names
 from ..studies import style_descriptors
 from ..studies.style_descriptors import StyleStudySettings
-from ..training import cli
-from ..training.flags import add_settings_flags, settings_from_args
 from ..training.settings import TrainSettings, default_lr
+from . import args as cli
 from . import generation
+from .flags import add_settings_flags, settings_from_args
 
 TRAIN_DEFAULTS = TrainSettings(steps=60, batch_size=2, eval_every=20, warmup=0.0, save_every=20, head_lr=0.0)
 # Per --model kind, the defaults of options left unset: the shipped glyph model trains a held-out glyph; the tiny

@@ -14,10 +14,10 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from ..training.cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
-from ..training.cli import train_settings as make_train_settings
-from ..training.flags import add_settings_flags, settings_from_args
 from ..training.vit import DEFAULTS, ImageTaskSettings, run_vit
+from .args import adapter_settings, add_adapter_args, add_run_args, add_train_args, parse_with_config
+from .args import train_settings as make_train_settings
+from .flags import add_settings_flags, settings_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ from ..diffusion.objective import Frozen
 from ..glyph.shipped import DEFAULT_CACHE, SHIPPED, model_name, model_path, runner_family
 from ..population import Population, per_adapter_mean
 from ..registry import method_names
-from ..training.flags import setting
+from ..training.fields import setting
 from ..training.optim import build_scheduler
 from ..training.prepare import prepare
 from ..training.rundir import RunDir

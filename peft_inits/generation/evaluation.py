@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..training.flags import setting
+from ..training.fields import setting
 from . import features as feats
 from .entries import Entry, read_dataset
 from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated

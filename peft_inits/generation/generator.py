@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..training.flags import setting
+from ..training.fields import setting
 from ..training.task import Task
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ..diffusion.sampling import dpmpp_2m_karras
 from ..diffusion.tiny import SD_DOWN_BLOCKS, SD_UP_BLOCKS
-from ..training.flags import setting
+from ..training.fields import setting
 from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from ..training.task import Task

@@ -33,7 +33,7 @@ from ..glyph.concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts,
 from ..glyph.scoring import score_samples
 from ..glyph.world import World, to_pil
 from ..registry import method_names
-from ..training.flags import setting
+from ..training.fields import setting
 from ..training.settings import check_method
 
 METRICS = ("subject_fidelity", "style_fidelity", "prompt_fidelity", "accuracy_subject", "accuracy_background")

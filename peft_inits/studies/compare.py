@@ -14,36 +14,25 @@ Block-wise studies: `--methods lora,loldu --sweep loldu.r=1,8,64,full` (or `lold
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..training.cli import (
-    adapter_settings,
-    add_adapter_args,
-    add_run_args,
-    add_train_args,
-    methods_list,
-    parse_with_config,
-)
-from ..training.cli import train_settings as make_train_settings
 from ..training.encoder import EncoderSetup, TextTaskSettings, default_output_dir, setup
-from ..training.flags import add_settings_flags, settings_from_args
 from ..training.loop import make_accelerator
 from ..training.optim import build_optimizer
-from ..training.options import options_from_args
 from ..training.plots import plot_convergence
 from ..training.prepare import prepare
 from ..training.run import execute
 from ..training.rundir import RunDir, environment, read_records
-from ..training.settings import TrainSettings, all_methods, is_adapter_method
+from ..training.settings import TrainSettings
 from ..training.tables import render
 from ..training.timing import FROZEN, Builder, frozen_builder, interleaved_step_times
-from .variants import Variant, build_variants
+from .variants import Variant
 
 DEFAULTS = TrainSettings(steps=120, batch_size=16, eval_every=20)
 # --long: the faithful run (whole training split, full validation/test, 1,000 steps of 32, checkpoints to resume).
@@ -77,34 +66,15 @@ def columns(reference: str = "lora") -> list[tuple[str, str]]:
     ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_argument_group("comparison")
-    group.add_argument(
-        "--methods", type=methods_list, default=list(all_methods()), help=f"of {','.join(all_methods())} (default: all)"
-    )
-    group.add_argument(
-        "--reference", default="lora", help="method whose best accuracy sets the 95%% threshold and the ÷ column"
-    )
-    group.add_argument("--override", action="append", default=[], help="[METHOD.]KEY=VALUE, e.g. loldu.z_init=uniform")
-    group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
-    group.add_argument("--long", action="store_true", help="the faithful run: all data, 1,000 steps of 32")
-    group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="round-robin timing rounds (0: none)")
-    add_settings_flags(parser.add_argument_group("data and model"), TextTaskSettings)
-    parser.set_defaults(eval_size=400, test_size=1000)
-    add_adapter_args(parser, single_method=False)
-    add_train_args(parser, DEFAULTS)
-    add_run_args(parser)
-    return parser
+@dataclass(frozen=True)
+class CompareSettings:
+    """How a comparison runs, beyond the rows, data and budget: the reference row, timing, the run folder's use."""
 
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--long", action="store_true")
-    if pre.parse_known_args(argv)[0].long:
-        parser.set_defaults(**LONG)  # a config file or explicit flags still win
-    return parse_with_config(parser, argv)
+    reference: str = "lora"  # whose best accuracy sets the 95% threshold and the ÷ column
+    timing_steps: int = TIMING_STEPS  # round-robin timing rounds (0: none)
+    resume: bool = False
+    overwrite: bool = False
+    cache_dir: str | None = None
 
 
 def _steps_to(records: list[dict[str, Any]], metric: str, threshold: float | None) -> int | None:
@@ -123,10 +93,14 @@ def _timing_builder(env: EncoderSetup, variant: Variant, train: TrainSettings) -
 
     def build() -> tuple[Any, Any]:
         prepared = prepare(env.build_model(), variant.adapter)
-        settings = dataclasses.replace(train, lr=variant.lr if variant.lr is not None else train.lr)
-        return prepared.model, build_optimizer(prepared, settings)
+        return prepared.model, build_optimizer(prepared, _train_for(variant, train))
 
     return build
+
+
+def _train_for(variant: Variant, train: TrainSettings) -> TrainSettings:
+    """The shared budget with the row's own learning rate, if it sets one."""
+    return dataclasses.replace(train, lr=variant.lr if variant.lr is not None else train.lr)
 
 
 def _fmt(value: float | None, spec: str, none: str = "-") -> str:
@@ -171,17 +145,20 @@ def table_rows(
     return rows, threshold
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    """Run every variant on the encoder default (or the given data), print the table, write the plot."""
+def run_compare(
+    variants: Sequence[Variant],
+    data: TextTaskSettings,
+    train: TrainSettings,
+    output_dir: str | Path | None = None,
+    settings: CompareSettings | None = None,
+) -> dict[str, Any]:
+    """Run every variant on the text task with the same budget, print the table, write table.md, compare.json and
+    the convergence plot; return the rows and summaries."""
+    settings = settings or CompareSettings()
     started = time.perf_counter()
-    adapter_methods = [m for m in args.methods if is_adapter_method(m)]
-    base_adapter = adapter_settings(args, method=(adapter_methods or args.methods)[0], options={})
-    variants = build_variants(args.methods, base_adapter, args.override, args.sweep, options_from_args(args))
-    train = make_train_settings(args)
     accelerator = make_accelerator(train.mixed_precision)
-    data = settings_from_args(TextTaskSettings, args)
-    env = setup(data, cache_dir=args.cache_dir, eval_batch_size=args.eval_batch_size)
-    out = Path(args.output_dir) if args.output_dir else default_output_dir("compare", "")
+    env = setup(data, cache_dir=settings.cache_dir, eval_batch_size=train.eval_batch_size)
+    out = Path(output_dir) if output_dir else default_output_dir("compare", "")
     out.mkdir(parents=True, exist_ok=True)
     accelerator.print(
         f"compare → {out}: {len(variants)} runs × {train.steps} steps of {train.batch_size}, data {env.config['sizes']}"
@@ -192,21 +169,21 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             output_dir=out / variant.slug,
             build_model=env.build_model,
             adapter=variant.adapter,
-            train_settings=make_train_settings(args, lr=variant.lr if variant.lr is not None else args.lr),
+            train_settings=_train_for(variant, train),
             task=env.task,
             config=env.config,
-            resume=args.resume,
-            overwrite=args.overwrite,
+            resume=settings.resume,
+            overwrite=settings.overwrite,
             info={"data": env.corpus.notes},
         )
     if not accelerator.is_main_process:  # several processes: the main one times, tabulates and plots
         return {"summaries": summaries, "output_dir": str(out)}
-    window = list(range(1, args.timing_steps + 1))
+    window = list(range(1, settings.timing_steps + 1))
     builders = {v.label: _timing_builder(env, v, train) for v in variants}
     builders[FROZEN] = frozen_builder(env.build_model)
     times = interleaved_step_times(builders, env.task, train, window) if window else {}
-    rows, threshold = table_rows(variants, summaries, out, times, args.reference)
-    table = render(rows, columns(args.reference))
+    rows, threshold = table_rows(variants, summaries, out, times, settings.reference)
+    table = render(rows, columns(settings.reference))
     plot = plot_convergence(
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
         out / "convergence.png",
@@ -231,7 +208,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         },
     )
     (out / "table.md").write_text(
-        render(rows, columns(args.reference), markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
+        render(rows, columns(settings.reference), markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
     )
     return {"rows": rows, "summaries": summaries, "wall_time_s": wall, "output_dir": str(out)}
 

@@ -30,7 +30,7 @@ from ..descriptors import DESCRIPTORS
 from ..training.classification import classification_task
 from ..training.data import digits
 from ..training.data.images import ImageCorpus, ImageData
-from ..training.flags import setting
+from ..training.fields import setting
 from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from ..training.vit_models import digits_model

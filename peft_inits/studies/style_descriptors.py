@@ -34,7 +34,7 @@ from ..generation.builder import AdapterDatasetSettings, build_adapter_dataset
 from ..glyph.concepts import GlyphConcept, concept_prompts
 from ..glyph.shipped import DEFAULT_CACHE
 from ..registry import method_names
-from ..training.flags import setting
+from ..training.fields import setting
 
 STYLES = ("brick", "grass", "stripes", "checks", "dots", "rings")  # 5 seen in pretraining, 1 held out
 DATA_SEED = 40_000  # renders of style adapters: no pretraining, prompt or reference seed

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..training.flags import is_list_field, parse_value
+from ..training.fields import is_list_field, parse_value
 from ..training.options import check_applicable, option_owners, option_settings, options_for
 from ..training.settings import AdapterSettings, TrainSettings, check_method, is_adapter_method
 

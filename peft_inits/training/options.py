@@ -8,7 +8,6 @@ one settings→flags mechanism (`flags.add_settings_flags`, `flags.parse_value`)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import typing
@@ -16,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ..registry import get_method, methods, option_kind
-from .flags import add_settings_flags, setting
+from .fields import setting
 
 
 def option_owners() -> dict[str, tuple[str, ...]]:
@@ -64,16 +63,6 @@ def _option_settings(registry: tuple[tuple[str, type], ...]) -> type:
         kind = spec["kind"] | None if spec["optional"] else spec["kind"]
         fields.append((name, kind, setting(None, help_text, **metadata)))
     return dataclasses.make_dataclass("MethodOptionSettings", fields, frozen=True)
-
-
-def add_option_flags(group: argparse._ArgumentGroup) -> None:
-    """One flag per option; the default None means "the method's own default"."""
-    add_settings_flags(group, option_settings())
-
-
-def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """The method options set on the command line or in a config file (unset ones are left to the methods)."""
-    return {name: getattr(args, name) for name in option_owners() if getattr(args, name, None) is not None}
 
 
 def options_for(method: str, options: Mapping[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..registry import Rank, get_method, method_names
 from .defaults import runner_defaults
-from .flags import csv_list, setting
+from .fields import csv_list, setting
 
 TASK_FAMILY = "classifier"
 

@@ -21,7 +21,7 @@ from .data import digits
 from .data.images import ImageCorpus
 from .data.local_images import load_image_folder
 from .encoder import default_output_dir, format_summary, subsample_size
-from .flags import setting
+from .fields import setting
 from .run import execute
 from .settings import AdapterSettings, TrainSettings
 from .vit_models import VisionModel, digits_model, timm_model, transformers_model

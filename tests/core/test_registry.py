@@ -21,12 +21,11 @@ from torch import Tensor, nn
 from peft_inits import AdapterConfig, AdapterSpec, AdapterWeights, LoLDUConfig, MiLoRAConfig, PiSSAConfig
 from peft_inits import functional as Fn
 from peft_inits.checkpoint import load_adapter, read_config, save_adapter
-from peft_inits.cli import encoder
+from peft_inits.cli import compare, encoder
 from peft_inits.descriptors import gains_descriptor, record_from_model
 from peft_inits.export import export_peft_lora
 from peft_inits.registration import register_method, unregister_method
 from peft_inits.registry import Method, get_method, method_names, methods, option_kind
-from peft_inits.studies import compare
 from peft_inits.training.defaults import RunnerDefaults, register_runner_defaults, runner_defaults
 from peft_inits.training.options import option_owners, option_settings
 from peft_inits.training.prepare import prepare

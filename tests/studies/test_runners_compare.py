@@ -8,7 +8,7 @@ import pytest
 from runner_helpers import load_script
 
 from peft_inits import method_names
-from peft_inits.studies import compare
+from peft_inits.cli import compare
 from peft_inits.studies.variants import build_variants
 from peft_inits.training.settings import AdapterSettings
 from peft_inits.training.tables import render

@@ -18,8 +18,8 @@ from runner_helpers import Crash, crash_at
 
 from peft_inits.atomic import umask
 from peft_inits.cli import encoder
+from peft_inits.cli.args import run_script
 from peft_inits.training import run as runner
-from peft_inits.training.cli import run_script
 from peft_inits.training.rundir import LOCK_NAME, OWNER_NAME, RunDir, RunDirBusy, StaleLockWarning, read_records
 
 pytest_plugins = ("runner_fixtures",)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from peft_inits.cli import encoder
+from peft_inits.cli.args import run_script
 from peft_inits.training import rng, state
-from peft_inits.training.cli import run_script
 from peft_inits.training.data.local_text import load_local
 from peft_inits.training.data.splits import stratified_split, stratified_subsample
 from peft_inits.training.metrics import classification_metrics, regression_metrics

@@ -1,4 +1,4 @@
-"""The dataclass → flags bridge (`training.flags`): every settings dataclass is its own command-line declaration."""
+"""The dataclass → flags bridge (`training.fields`, `cli.flags`): every settings dataclass declares its own flags."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from peft_inits.training.flags import add_settings_flags, setting, settings_from_args
+from peft_inits.cli.flags import add_settings_flags, settings_from_args
+from peft_inits.training.fields import setting
 
 
 def _pairs(text: str) -> tuple[tuple[str, int], ...]:

@@ -1,24 +1,20 @@
-"""Settings dataclasses as command-line flags: one flag per field, its type, default and help taken from the field.
+"""Settings dataclass fields that know how users write them: help, flag name, choices and a text parser per field.
 
 A field's `metadata` may hold `help`, `flag` (the flag's name when it is not the field's, e.g. `--steps` for
 `unet_steps`), `choices`, and `parse` (text → value, raising ValueError with a message, for types not listed here).
-Types: bool (`--x` / `--no-x`), int, float, str, `X | None`, and `tuple[X, ...]` / `list[X]` written comma-separated
-(`--seeds 0,1,2`). `settings_from_args` builds the dataclass back from the parsed namespace, so a setting is
-declared once, in its dataclass. The same per-field parser (`parse_value`) reads config-file values and `compare`'s
-sweep values, so a value means the same wherever it is written.
+Types: bool (`--x` / `--no-x`, or true/false as text), int, float, str, `X | None` ('none' is None), and
+`tuple[X, ...]` / `list[X]` written comma-separated (`--seeds 0,1,2`). The command line (`cli.flags`), config files
+and `compare`'s sweeps all read values through `field_parser`, so a setting is declared once, in its dataclass.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, Union
-
-Settings = TypeVar("Settings")
+from collections.abc import Callable
+from typing import Any, Union
 
 
 def setting(default: Any, help: str | None = None, **metadata: Any) -> Any:
@@ -31,60 +27,12 @@ def csv_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _flag_name(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag", "--" + field.name.replace("_", "-"))
-
-
-def add_settings_flags(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    settings: type,
-    *,
-    defaults: Any = None,
-    skip: Iterable[str] = (),
-    only: Iterable[str] | None = None,
-    helps: Mapping[str, str] | None = None,
-) -> None:
-    """Add one flag per field of the dataclass `settings` (defaults from `defaults`, an instance, if given; `helps`
-    replaces a field's help for this parser)."""
-    skipped, wanted, helps = set(skip), None if only is None else set(only), dict(helps or {})
-    for field in _fields(settings, skipped, wanted):
-        default = getattr(defaults, field.name) if defaults is not None else _default(field)
-        help_text = helps.get(field.name, field.metadata.get("help"))
-        kind, parse = _parser(settings, field)
-        if kind is bool:
-            parser.add_argument(
-                _flag_name(field),
-                dest=field.name,
-                action=argparse.BooleanOptionalAction,
-                default=default,
-                help=help_text,
-            )
-            continue
-        parser.add_argument(
-            _flag_name(field),
-            dest=field.name,
-            type=flag_type(parse),
-            default=default,
-            choices=field.metadata.get("choices"),
-            metavar=None if field.metadata.get("choices") else kind,
-            help=help_text,
-        )
-
-
-def settings_from_args(settings: type[Settings], args: argparse.Namespace, **override: Any) -> Settings:
-    """The dataclass from the flags `add_settings_flags` added (fields without a flag keep their default;
-    `override` wins)."""
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if hasattr(args, f.name)}
-    values.update(override)
-    return settings(**values)
-
-
 def parse_value(settings: type, name: str, text: str) -> Any:
     """One field's value from text, as its flag reads it, plus the checks argparse does for a flag (`choices`) and
     the word form of a switch (true/false, yes/no, 1/0). A ValueError names the field."""
-    field = _field(settings, name)
+    field = find_field(settings, name)
     try:
-        value = _parser(settings, field)[1](text)
+        value = field_parser(settings, field)[1](text)
     except ValueError as exc:
         raise ValueError(f"{name}: {exc}") from exc
     choices = field.metadata.get("choices")
@@ -100,27 +48,14 @@ def is_list_field(settings: type, name: str) -> bool:
     return any(typing.get_origin(a) in (list, tuple) for a in args)
 
 
-def flag_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
-    """`parse` as an argparse `type`: its ValueError message becomes the flag's error message."""
-
-    def convert(text: str) -> Any:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from exc
-
-    convert.__name__ = getattr(parse, "__name__", "value")
-    return convert
-
-
-def _field(settings: type, name: str) -> dataclasses.Field:
+def find_field(settings: type, name: str) -> dataclasses.Field:
     for field in dataclasses.fields(settings):
         if field.name == name:
             return field
     raise ValueError(f"{settings.__name__} has no field {name!r}")
 
 
-def _fields(settings: type, skipped: set[str], wanted: set[str] | None) -> list[dataclasses.Field]:
+def settable_fields(settings: type, skipped: set[str], wanted: set[str] | None) -> list[dataclasses.Field]:
     fields = [f for f in dataclasses.fields(settings) if f.init and f.name not in skipped]
     if wanted is None:
         return fields
@@ -130,7 +65,7 @@ def _fields(settings: type, skipped: set[str], wanted: set[str] | None) -> list[
     return [f for f in fields if f.name in wanted]
 
 
-def _default(field: dataclasses.Field) -> Any:
+def field_default(field: dataclasses.Field) -> Any:
     if field.default is not dataclasses.MISSING:
         return field.default
     if field.default_factory is not dataclasses.MISSING:
@@ -138,7 +73,7 @@ def _default(field: dataclasses.Field) -> Any:
     return None
 
 
-def _parser(settings: type, field: dataclasses.Field) -> tuple[Any, Callable[[str], Any]]:
+def field_parser(settings: type, field: dataclasses.Field) -> tuple[Any, Callable[[str], Any]]:
     """(metavar, or bool for a switch; text → value, raising ValueError) of one field; 'none' is None where the
     type allows None."""
     hint = _hints(settings)[field.name]

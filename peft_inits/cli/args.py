@@ -8,10 +8,11 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..training.fields import csv_list, parse_bool
+from ..training.options import check_applicable, option_owners, option_settings
+from ..training.settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_blocks
 from .configfile import read_config_file
-from .flags import add_settings_flags, csv_list, flag_type, parse_bool, settings_from_args
-from .options import add_option_flags, check_applicable, options_from_args
-from .settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_blocks
+from .flags import add_settings_flags, flag_type, settings_from_args
 
 blocks_arg = flag_type(parse_blocks)  # an argparse type for runners' own --blocks flags, as AdapterSettings reads it
 
@@ -132,3 +133,13 @@ def run_script(
         if os.environ.get("PEFT_INITS_TRACEBACK"):
             raise
         raise SystemExit(f"error: {exc}") from exc
+
+
+def add_option_flags(group: argparse._ArgumentGroup) -> None:
+    """One flag per option; the default None means "the method's own default"."""
+    add_settings_flags(group, option_settings())
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The method options set on the command line or in a config file (unset ones are left to the methods)."""
+    return {name: getattr(args, name) for name in option_owners() if getattr(args, name, None) is not None}
