@@ -112,6 +112,36 @@ def token_distance(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> floa
     return float((((a - b) ** 2) * mask).sum() / mask.sum()) ** 0.5
 
 
+@dataclass
+class EvalPlan:
+    """What an evaluation renders and how it scores: the generator, the held-out subjects, the pipeline, the prompts."""
+
+    settings: EvalSettings
+    out: Path
+    run: Any  # the loaded generator (workflow.load_generator)
+    dataset: Any  # entries.AdapterDataset
+    subjects: dict[str, list[Entry]]  # held-out subject id → its trained adapters (one per data-set seed)
+    chosen: list[str]
+    train_by_name: dict[str, Entry]
+    pipe: Any
+    sources: Any  # the generator's feature sources, built on this pipeline
+    scorer: Any
+    word: str  # the data set's subject word ("sks glyph")
+    prompts: list[str]
+    prompted: list | None  # what prompt fidelity checks per prompt (judge: backgrounds; CLIP: the text)
+
+
+@dataclass
+class SubjectResult:
+    """One held-out subject: per row, its scores per variant; the time to each adapter; weight distances."""
+
+    variants: dict[str, list[dict[str, float]]]
+    times: dict[str, list[float]]
+    distances: dict[str, list[float]]
+    detail: dict[str, Any]
+    grid_row: list
+
+
 def evaluate(
     dataset_dir: str | Path,
     generator_dir: str | Path,
@@ -129,15 +159,34 @@ def evaluate(
 
     Scores come from the glyph judge, or from local CLIP / DINO checkpoints (`clip`, `dino`: real SD), with
     `settings.prompts`, `describe` and `class_word` saying what the prompts, the words row and CLIP-T read."""
-    from ..diffusion.composition import Placement, apply_placements, load_named_adapter
-    from ..diffusion.metrics import ClipDinoScorer, JudgeScorer, subject_fidelity
+    plan = make_plan(
+        dataset_dir, generator_dir, output_dir, settings or EvalSettings(), model=model, judge=judge,
+        cache_dir=cache_dir, image_encoder=image_encoder, clip=clip, dino=dino,
+    )  # fmt: skip
+    results = [evaluate_subject(plan, subject_id) for subject_id in plan.chosen]
+    return write_report(plan, results)
+
+
+def make_plan(
+    dataset_dir: str | Path,
+    generator_dir: str | Path,
+    output_dir: str | Path,
+    settings: EvalSettings,
+    *,
+    model: str | None,
+    judge: str | None,
+    cache_dir: str | None,
+    image_encoder: str | None,
+    clip: str | None,
+    dino: str | None,
+) -> EvalPlan:
+    """Load the generator, the data set's held-out subjects, the pipeline and the scorer; fix the prompts."""
+    from ..diffusion.metrics import ClipDinoScorer, JudgeScorer
     from ..diffusion.models import load_pipeline
-    from ..diffusion.sampling import generate, save_grid
     from ..glyph.judge import cached_judge, load_judge
     from ..glyph.world import BACKGROUNDS, HELD_OUT_BACKGROUNDS
     from .workflow import FeatureChoice
 
-    settings = settings or EvalSettings()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = load_generator(generator_dir)
@@ -179,138 +228,165 @@ def evaluate(
         template = settings.prompt_template or dataset.settings.get("prompt_template") or f"a {word} on {{background}}"
         prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
         prompted = [{"background": b} for b in settings.backgrounds]
+    return EvalPlan(
+        settings, out, run, dataset, subjects, chosen, train_by_name, pipe, sources, scorer, word, prompts, prompted
+    )
 
-    def render(adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
-        if adapter is not None:
-            load_named_adapter(pipe.unet, adapter, tag)
-            apply_placements(pipe.unet, [Placement(tag)])
-        else:
-            apply_placements(pipe.unet, [])
-        try:
-            return generate(
-                pipe, texts, settings.image_seeds, steps=settings.sample_steps, guidance=settings.image_guidance
-            )
-        finally:
-            if adapter is not None:
-                pipe.unet.delete_adapters(tag)
 
-    def scores(rows: list[list], reference_features: torch.Tensor) -> list[dict[str, float]]:
-        """Per image seed: subject and prompt fidelity over that seed's images (every prompt)."""
-        result = []
-        for column, _ in enumerate(settings.image_seeds):
-            images = [row[column] for row in rows]
-            values = {"subject_fidelity": subject_fidelity(scorer.features(images), reference_features)}
-            if prompted is not None:
-                values["prompt_fidelity"] = float(scorer.prompt_scores(images, prompted).double().mean())
-            result.append(values)
-        return result
+def render_rows(plan: EvalPlan, adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
+    """Every prompt × image seed with `adapter` (None: the base model); the adapter is removed again."""
+    from ..diffusion.composition import Placement, apply_placements, load_named_adapter
+    from ..diffusion.sampling import generate
 
-    def pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
-        return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
-
-    results: dict[str, list[list[dict[str, float]]]] = {row: [] for row in ROWS}  # row → subject → variants
-    distances: dict[str, list[list[float]]] = {"generated": [], "retrieval": [], "training mean": []}
-    mask = run.codec.mask()
-    times: dict[str, list[float]] = {row: [] for row in ROWS}
-    grid_rows, grid_labels, details = [], [], []
-    adapters_dir = out / "generated"
-    for subject_id in chosen:
-        entries = subjects[subject_id]
-        references = feats.read_references(entries[0].references)
-        reference_features = scorer.features(references)
-        began = time.perf_counter()
-        condition = feats.condition(sources, references)
-        feature_s = time.perf_counter() - began
-        row_variants: dict[str, list[dict[str, float]]] = {}
-        target = torch.stack([adapter_tokens(run, e.directory) for e in entries]).mean(0)
-        generated_distance = []
-        generated_rows = None
-        for seed in settings.seeds:
-            began = time.perf_counter()
-            state = generate_tensors(run, {k: v[None] for k, v in condition.items()}, guidance=settings.guidance,
-                                     seed=seed)[0]  # fmt: skip
-            directory = write_generated(run, state, adapters_dir / f"{subject_id}-seed{seed}", {"seed": seed})
-            times["generated"].append(feature_s + time.perf_counter() - began)
-            generated_distance.append(token_distance(adapter_tokens(run, directory), target, mask))
-            rows = render(directory, prompts, "generated")
-            generated_rows = generated_rows or rows
-            row_variants.setdefault("generated", []).append(pooled(scores(rows, reference_features)))
-        trained_rows = None
-        for entry in entries:
-            rows = render(entry.directory, prompts, "trained")
-            trained_rows = trained_rows or rows
-            row_variants.setdefault("trained", []).append(pooled(scores(rows, reference_features)))
-            if entry.train_time_s is not None:
-                times["trained"].append(float(entry.train_time_s))
-        began = time.perf_counter()
-        nearest = train_by_name[_nearest_subject(run, condition)]
-        times["retrieval"].append(feature_s + time.perf_counter() - began)
-        row_variants["retrieval"] = scores(render(nearest.directory, prompts, "retrieval"), reference_features)
-        distances["generated"].append(generated_distance)
-        distances["retrieval"].append([token_distance(adapter_tokens(run, nearest.directory), target, mask)])
-        distances["training mean"].append([token_distance(torch.zeros_like(target), target, mask)])
-        if settings.describe is not None:
-            words = [p.replace(word, settings.describe) for p in prompts]
-        else:
-            words = [describe(scorer, references, b, entries[0].extra) for b in settings.backgrounds]
-        row_variants["words"] = scores(render(None, words, "words"), reference_features)
-        times["words"].append(0.0)
-        row_variants["none"] = scores(render(None, prompts, "none"), reference_features)
-        times["none"].append(0.0)
-        for row in ROWS:
-            results[row].append(row_variants[row])
-        details.append(
-            {
-                "subject_id": subject_id,
-                "subject": entries[0].subject,
-                "retrieved": nearest.name,
-                "retrieved_subject": nearest.subject,
-                "words": words,
-                "scores": row_variants,
-            }
+    unet, settings = plan.pipe.unet, plan.settings
+    if adapter is not None:
+        load_named_adapter(unet, adapter, tag)
+        apply_placements(unet, [Placement(tag)])
+    else:
+        apply_placements(unet, [])
+    try:
+        return generate(
+            plan.pipe, texts, settings.image_seeds, steps=settings.sample_steps, guidance=settings.image_guidance
         )
-        shown = [image.resize(generated_rows[0][0].size) for image in references[: settings.shown_references]]
-        grid_rows.append(shown + generated_rows[0] + trained_rows[0])
-        grid_labels.append(subject_id)
+    finally:
+        if adapter is not None:
+            unet.delete_adapters(tag)
 
+
+def score_rows(plan: EvalPlan, rows: list[list], reference_features: torch.Tensor) -> list[dict[str, float]]:
+    """Per image seed: subject and prompt fidelity over that seed's images (every prompt)."""
+    from ..diffusion.metrics import subject_fidelity
+
+    result = []
+    for column, _ in enumerate(plan.settings.image_seeds):
+        images = [row[column] for row in rows]
+        values = {"subject_fidelity": subject_fidelity(plan.scorer.features(images), reference_features)}
+        if plan.prompted is not None:
+            values["prompt_fidelity"] = float(plan.scorer.prompt_scores(images, plan.prompted).double().mean())
+        result.append(values)
+    return result
+
+
+def _pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
+
+
+def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
+    """Render and score every row for one held-out subject."""
+    run, settings, prompts = plan.run, plan.settings, plan.prompts
+    entries = plan.subjects[subject_id]
+    references = feats.read_references(entries[0].references)
+    reference_features = plan.scorer.features(references)
+    began = time.perf_counter()
+    condition = feats.condition(plan.sources, references)
+    feature_s = time.perf_counter() - began
+    variants: dict[str, list[dict[str, float]]] = {}
+    times: dict[str, list[float]] = {row: [] for row in ROWS}
+    mask = run.codec.mask()
+    target = torch.stack([adapter_tokens(run, e.directory) for e in entries]).mean(0)
+    generated_distance = []
+    generated_rows = None
+    for seed in settings.seeds:
+        began = time.perf_counter()
+        state = generate_tensors(run, {k: v[None] for k, v in condition.items()}, guidance=settings.guidance,
+                                 seed=seed)[0]  # fmt: skip
+        directory = write_generated(run, state, plan.out / "generated" / f"{subject_id}-seed{seed}", {"seed": seed})
+        times["generated"].append(feature_s + time.perf_counter() - began)
+        generated_distance.append(token_distance(adapter_tokens(run, directory), target, mask))
+        rows = render_rows(plan, directory, prompts, "generated")
+        generated_rows = generated_rows or rows
+        variants.setdefault("generated", []).append(_pooled(score_rows(plan, rows, reference_features)))
+    trained_rows = None
+    for entry in entries:
+        rows = render_rows(plan, entry.directory, prompts, "trained")
+        trained_rows = trained_rows or rows
+        variants.setdefault("trained", []).append(_pooled(score_rows(plan, rows, reference_features)))
+        if entry.train_time_s is not None:
+            times["trained"].append(float(entry.train_time_s))
+    began = time.perf_counter()
+    nearest = plan.train_by_name[_nearest_subject(run, condition)]
+    times["retrieval"].append(feature_s + time.perf_counter() - began)
+    variants["retrieval"] = score_rows(plan, render_rows(plan, nearest.directory, prompts, "retrieval"),
+                                       reference_features)  # fmt: skip
+    distances = {
+        "generated": generated_distance,
+        "retrieval": [token_distance(adapter_tokens(run, nearest.directory), target, mask)],
+        "training mean": [token_distance(torch.zeros_like(target), target, mask)],
+    }
+    if settings.describe is not None:
+        words = [p.replace(plan.word, settings.describe) for p in prompts]
+    else:
+        words = [describe(plan.scorer, references, b, entries[0].extra) for b in settings.backgrounds]
+    variants["words"] = score_rows(plan, render_rows(plan, None, words, "words"), reference_features)
+    times["words"].append(0.0)
+    variants["none"] = score_rows(plan, render_rows(plan, None, prompts, "none"), reference_features)
+    times["none"].append(0.0)
+    detail = {
+        "subject_id": subject_id,
+        "subject": entries[0].subject,
+        "retrieved": nearest.name,
+        "retrieved_subject": nearest.subject,
+        "words": words,
+        "scores": variants,
+    }
+    assert generated_rows is not None and trained_rows is not None
+    shown = [image.resize(generated_rows[0][0].size) for image in references[: settings.shown_references]]
+    return SubjectResult(variants, times, distances, detail, shown + generated_rows[0] + trained_rows[0])
+
+
+def summarise(results: Sequence[SubjectResult]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per row: each metric's mean ± std over variants and the mean time to an adapter; per adapter kind: its
+    distance to the trained adapter). A variant's value is the mean over subjects."""
     table = {}
     for row in ROWS:
-        variants = min(len(v) for v in results[row])
+        per_subject = [r.variants[row] for r in results]
+        variants = min(len(v) for v in per_subject)
         entry: dict[str, Any] = {}
-        for metric in results[row][0][0]:
-            per_variant = [statistics.fmean(s[k][metric] for s in results[row]) for k in range(variants)]
+        for metric in per_subject[0][0]:
+            per_variant = [statistics.fmean(s[k][metric] for s in per_subject) for k in range(variants)]
             entry[metric] = _mean_std(per_variant)
-        entry["time_to_adapter_s"] = statistics.fmean(times[row]) if times[row] else None
+        times = [t for r in results for t in r.times[row]]
+        entry["time_to_adapter_s"] = statistics.fmean(times) if times else None
         table[row] = entry
     weight_distance = {}
-    for row, per_subject in distances.items():
+    for kind in results[0].distances:
+        per_subject = [r.distances[kind] for r in results]
         variants = min(len(v) for v in per_subject)
         if variants > 1:  # generator seeds: mean over subjects per seed, then mean ± std over seeds
-            weight_distance[row] = _mean_std([statistics.fmean(v[k] for v in per_subject) for k in range(variants)])
+            weight_distance[kind] = _mean_std([statistics.fmean(v[k] for v in per_subject) for k in range(variants)])
         else:  # one adapter per subject: mean ± std over subjects
-            weight_distance[row] = _mean_std([v[0] for v in per_subject])
-    size = run.meta["sizes"]
+            weight_distance[kind] = _mean_std([v[0] for v in per_subject])
+    return table, weight_distance
+
+
+def write_report(plan: EvalPlan, results: Sequence[SubjectResult]) -> dict[str, Any]:
+    """report.json, report.md and grid.png (references | generated | trained, one row per subject)."""
+    from ..diffusion.sampling import save_grid
+
+    settings = plan.settings
+    table, weight_distance = summarise(results)
+    grid_rows = [r.grid_row for r in results]
     scale = 2 if grid_rows[0][0].size[0] < 64 else 1
     grid_rows = [[image.resize((image.width * scale, image.height * scale)) for image in r] for r in grid_rows]
-    grid = save_grid(grid_rows, out / "grid.png", grid_labels)
+    grid = save_grid(grid_rows, plan.out / "grid.png", [r.detail["subject_id"] for r in results])
     report = {
-        "dataset": str(dataset.root),
-        "generator": str(run.root),
-        "method": run.method,
-        "features": list(recorded.sources),
-        "prompts": prompts,
+        "dataset": str(plan.dataset.root),
+        "generator": str(plan.run.root),
+        "method": plan.run.method,
+        "features": list(plan.run.choice.sources),
+        "prompts": plan.prompts,
         "settings": asdict(settings),
-        "subjects": len(chosen),
-        "generator_size": size,
+        "subjects": len(plan.chosen),
+        "generator_size": plan.run.meta["sizes"],
         "table": table,
         "weight_distance": weight_distance,
-        "details": details,
+        "details": [r.detail for r in results],
         "grid": str(grid),
         "grid_columns": f"{settings.shown_references} references | generated (seed {settings.seeds[0]}, prompt 1, "
         f"image seeds {list(settings.image_seeds)}) | trained (first seed, prompt 1)",
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
-    (out / "report.md").write_text(markdown(report))
+    (plan.out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n")
+    (plan.out / "report.md").write_text(markdown(report))
     return report
 
 
