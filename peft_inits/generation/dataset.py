@@ -168,10 +168,34 @@ class DatasetEntry:
     eval_loss_start: float | None = None  # noise loss on the references at init (= the base model for ΔW = 0 inits)
     eval_loss_end: float | None = None  # ... and after training, same fixed noise and timesteps
     extra: dict[str, Any] = field(default_factory=dict)
+    root: Path | None = field(default=None, repr=False, compare=False)  # the data set folder (not saved)
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ValueError(f"adapter {self.name!r}: split must be one of {SPLITS}, got {self.split!r}")
+
+    @property
+    def directory(self) -> Path:
+        """The adapter directory (adapters/<name> in the data set folder)."""
+        return self._root() / "adapters" / self.name
+
+    @property
+    def references_dir(self) -> Path:
+        """The subject's reference renders (references/<subject_id>)."""
+        return self._root() / self.references
+
+    @property
+    def look(self) -> dict[str, Any]:
+        """What the data set records about the subject's appearance (typeface family, variant, colour, ...)."""
+        return {"family": self.family, "variant": self.variant, "colour": self.colour, **self.extra}
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k != "root"}
+
+    def _root(self) -> Path:
+        if self.root is None:
+            raise ValueError(f"adapter {self.name!r} belongs to no data set folder yet")
+        return self.root
 
 
 @dataclass
@@ -185,27 +209,21 @@ class AdapterDataset:
     root: Path | None = None
 
     def entries(self, split: str | None = None) -> list[DatasetEntry]:
+        """The adapters of one split ("train", "heldout"), or all of them."""
         return [e for e in self.adapters if split is None or e.split == split]
-
-    def adapter_dir(self, entry: DatasetEntry) -> Path:
-        assert self.root is not None
-        return self.root / "adapters" / entry.name
-
-    def references_dir(self, entry: DatasetEntry) -> Path:
-        assert self.root is not None
-        return self.root / entry.references
 
     def to_json(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "model": self.model,
             "settings": self.settings,
-            "adapters": [asdict(e) for e in self.adapters],
+            "adapters": [e.to_json() for e in self.adapters],
         }
 
 
 def read_dataset(directory: str | Path) -> AdapterDataset:
-    """The dataset in `directory`; a missing or malformed dataset.json gets an error naming the file."""
+    """The dataset in `directory`; a missing or malformed dataset.json (or an adapter listed twice) gets an error
+    naming the file."""
     root = Path(directory)
     path = root / MANIFEST
     if not path.is_file():
@@ -222,15 +240,19 @@ def read_dataset(directory: str | Path) -> AdapterDataset:
         if not isinstance(item, dict):
             raise ValueError(f"{path}: adapters[{number}] must be a JSON object")
         try:
-            entries.append(DatasetEntry(**{k: v for k, v in item.items() if k in known}))
+            entries.append(DatasetEntry(**{k: v for k, v in item.items() if k in known and k != "root"}, root=root))
         except TypeError as exc:
             raise ValueError(f"{path}: adapters[{number}] is incomplete ({exc})") from exc
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"{path} lists adapter names more than once: {repeated[:3]}")
     return AdapterDataset(raw["method"], raw["model"], dict(raw["settings"]), entries, root)
 
 
-def reference_images(dataset: AdapterDataset, entry: DatasetEntry) -> list[Path]:
+def reference_files(entry: DatasetEntry) -> list[Path]:
     """The reference PNGs of an entry's subject, sorted."""
-    folder = dataset.references_dir(entry)
+    folder = entry.references_dir
     files = sorted(folder.glob("*.png"))
     if not files:
         raise FileNotFoundError(f"{folder} holds no reference images")

@@ -1,4 +1,4 @@
-"""Reading an adapter data set (`dataset.json` + `adapters/<name>/` + `references/<subject_id>/`) for the generator.
+"""An adapter data set (`dataset.json` + `adapters/<name>/` + `references/<subject_id>/`) as a generator reads it.
 
     DIR/dataset.json   {"method", "model", "settings", "adapters": [{"name", "subject", "subject_id", "split",
                         "seed", "references", "train_time_s"}, ...]}
@@ -12,7 +12,6 @@ such as the seed aside), or the data set is refused with the two adapters that d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,65 +25,21 @@ WRAPPER_PREFIX = "base_model.model."  # what a PeftModel's save adds; diffusers'
 _RUN_SPECIFIC = ("seed", "base_model_name_or_path", "revision", "inference_mode")
 
 
-@dataclass
-class Entry:
-    """One adapter of the data set."""
-
-    name: str
-    subject: str
-    subject_id: str
-    split: str
-    seed: int
-    references: Path
-    directory: Path
-    train_time_s: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+def training_data(root: str | Path) -> D.AdapterDataset:
+    """The data set in `root` (`dataset.read_dataset`), refused when it lists no adapter: a generator learns from
+    them."""
+    dataset = D.read_dataset(root)
+    if not dataset.adapters:
+        raise ValueError(f"{Path(root) / D.MANIFEST} lists no adapters (an 'adapters' list of objects is needed)")
+    return dataset
 
 
-@dataclass
-class AdapterDataset:
-    root: Path
-    method: str
-    model: str | None
-    settings: dict[str, Any]
-    entries: list[Entry]
-
-    def split(self, name: str) -> list[Entry]:
-        return [e for e in self.entries if e.split == name]
-
-
-def read_dataset(root: str | Path) -> AdapterDataset:
-    """The index of a data set folder (parsed by `dataset.read_dataset`), checked for what a generator needs: at least
-    one adapter, unique names."""
-    manifest = D.read_dataset(root)
-    root, index = Path(root), Path(root) / D.MANIFEST
-    if not manifest.adapters:
-        raise ValueError(f"{index} lists no adapters (an 'adapters' list of objects is needed)")
-    names = [e.name for e in manifest.adapters]
-    if len(set(names)) != len(names):
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{index} lists adapter names more than once: {repeated[:3]}")
-    entries = [
-        Entry(
-            name=e.name,
-            subject=e.subject or e.subject_id,
-            subject_id=e.subject_id,
-            split=e.split,
-            seed=int(e.seed),
-            references=root / e.references,
-            directory=root / "adapters" / e.name,
-            train_time_s=e.train_time_s,
-            extra={"family": e.family, "variant": e.variant, "colour": e.colour, **e.extra},
-        )
-        for e in manifest.adapters
-    ]
-    return AdapterDataset(root, manifest.method or "", manifest.model, dict(manifest.settings), entries)
-
-
-def load_entries(dataset: AdapterDataset, entries: Sequence[Entry]) -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
+def load_entries(
+    dataset: D.AdapterDataset, entries: Sequence[D.DatasetEntry]
+) -> tuple[dict[str, Any], list[dict[str, Tensor]]]:
     """(the shared config, each adapter's verified tensors); mixed methods or configs are an error naming both."""
     first_config: dict[str, Any] | None = None
-    first: Entry | None = None
+    first: D.DatasetEntry | None = None
     states = []
     for entry in entries:
         if not entry.directory.is_dir():
@@ -115,8 +70,8 @@ def load_entries(dataset: AdapterDataset, entries: Sequence[Entry]) -> tuple[dic
     return config, states
 
 
-def reference_images(entry: Entry) -> list:
+def reference_images(entry: D.DatasetEntry) -> list:
     """The subject's reference images (an empty or unreadable folder is an error naming it or the file)."""
     from .features import read_references
 
-    return read_references(entry.references)
+    return read_references(entry.references_dir)

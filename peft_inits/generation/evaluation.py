@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from ..training.fields import setting
 from . import features as feats
-from .entries import Entry, read_dataset
+from .dataset import DatasetEntry
+from .entries import training_data
 from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
 ROWS = ("generated", "trained", "retrieval", "words", "none")
@@ -119,10 +120,10 @@ class EvalPlan:
     settings: EvalSettings
     out: Path
     run: Any  # the loaded generator (workflow.load_generator)
-    dataset: Any  # entries.AdapterDataset
-    subjects: dict[str, list[Entry]]  # held-out subject id → its trained adapters (one per data-set seed)
+    dataset: Any  # dataset.AdapterDataset
+    subjects: dict[str, list[DatasetEntry]]  # held-out subject id → its trained adapters (one per data-set seed)
     chosen: list[str]
-    train_by_name: dict[str, Entry]
+    train_by_name: dict[str, DatasetEntry]
     pipe: Any
     sources: Any  # the generator's feature sources, built on this pipeline
     scorer: Any
@@ -190,16 +191,16 @@ def make_plan(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     run = load_generator(generator_dir)
-    dataset = read_dataset(dataset_dir)
+    dataset = training_data(dataset_dir)
     if dataset.method and dataset.method != run.method:
         raise ValueError(f"{dataset.root} holds {dataset.method} adapters but {run.root} generates {run.method}")
-    subjects: dict[str, list[Entry]] = {}
-    for entry in dataset.split("heldout"):
+    subjects: dict[str, list[DatasetEntry]] = {}
+    for entry in dataset.entries("heldout"):
         subjects.setdefault(entry.subject_id, []).append(entry)
     if not subjects:
         raise ValueError(f"{dataset.root} has no held-out adapters (split 'heldout') to evaluate on")
     chosen = sorted(subjects)[: settings.limit]
-    train_by_name = {e.name: e for e in dataset.split("train")}
+    train_by_name = {e.name: e for e in dataset.entries("train")}
     model = model if model is not None else run.meta.get("model")
     pipe = load_pipeline(model_folder(model, cache_dir or "runs/cache"))
     check_base(pipe.unet, run.layout, run.template, f"generator {run.root}")
@@ -275,7 +276,7 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     """Render and score every row for one held-out subject."""
     run, settings, prompts = plan.run, plan.settings, plan.prompts
     entries = plan.subjects[subject_id]
-    references = feats.read_references(entries[0].references)
+    references = feats.read_references(entries[0].references_dir)
     reference_features = plan.scorer.features(references)
     began = time.perf_counter()
     condition = feats.condition(plan.sources, references)
@@ -316,7 +317,7 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     if settings.describe is not None:
         words = [p.replace(plan.word, settings.describe) for p in prompts]
     else:
-        words = [describe(plan.scorer, references, b, entries[0].extra) for b in settings.backgrounds]
+        words = [describe(plan.scorer, references, b, entries[0].look) for b in settings.backgrounds]
     variants["words"] = score_rows(plan, render_rows(plan, None, words, "words"), reference_features)
     times["words"].append(0.0)
     variants["none"] = score_rows(plan, render_rows(plan, None, prompts, "none"), reference_features)

@@ -27,7 +27,8 @@ from ..registry import method_of_peft_type
 from ..training.run import execute
 from ..training.settings import AdapterSettings, TrainSettings
 from . import features as feats
-from .entries import WRAPPER_PREFIX, AdapterDataset, Entry, load_entries, read_dataset, reference_images
+from .dataset import AdapterDataset, DatasetEntry
+from .entries import WRAPPER_PREFIX, load_entries, reference_images, training_data
 from .generator import Denoiser, FeatureNormaliser, GeneratorSettings, TokenRows, generator_task, sample_tokens
 from .representation import (
     Codec,
@@ -162,7 +163,7 @@ class SubjectFeatures:
     counts: Tensor
 
 
-def subject_features(sources: Sequence[feats.FeatureSource], entries: Sequence[Entry]) -> SubjectFeatures:
+def subject_features(sources: Sequence[feats.FeatureSource], entries: Sequence[DatasetEntry]) -> SubjectFeatures:
     """Features of every entry's references, computed once per subject."""
     cache: dict[str, dict[str, Tensor]] = {}
     rows = []
@@ -199,8 +200,8 @@ class PreparedData:
     layout: list[LayerLayout]
     template: dict[str, Tensor]
     codec: Codec
-    train: list[Entry]
-    heldout: list[Entry]
+    train: list[DatasetEntry]
+    heldout: list[DatasetEntry]
     train_tokens: Tensor
     heldout_tokens: Tensor
     explained_variance: float
@@ -210,8 +211,8 @@ def prepare_data(dataset_dir: str | Path, base: Base, latent: int, progress: boo
     """Read and verify the data set, check it against the base, discover the layout and fit the codec."""
     from tqdm.auto import tqdm
 
-    dataset = read_dataset(dataset_dir)
-    train, heldout = dataset.split("train"), dataset.split("heldout")
+    dataset = training_data(dataset_dir)
+    train, heldout = dataset.entries("train"), dataset.entries("heldout")
     if len(train) < 2:
         raise ValueError(f"{dataset.root} has {len(train)} training adapter(s); a generator needs at least two")
     config, states = load_entries(dataset, [*train, *heldout])
@@ -261,7 +262,7 @@ def train_generator(
     settings = settings or GeneratorSettings()
     train_settings = train_settings or TrainSettings(steps=2000, batch_size=64, lr=1e-3, warmup=100, eval_every=200)
     started = time.perf_counter()
-    dataset = read_dataset(dataset_dir)
+    dataset = training_data(dataset_dir)
     model = model if model is not None else dataset.model
     base = load_base(model, choice.cache_dir or "runs/cache")
     data = prepare_data(dataset_dir, base, settings.latent, progress=train_settings.progress)

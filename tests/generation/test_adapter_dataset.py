@@ -64,7 +64,7 @@ def test_layout(built):
     refs, _ = subject.images(2, 64, "references")
     assert not any(np.array_equal(r, t) for r in refs for t in train)
     dataset = D.read_dataset(built)
-    assert len(dataset.entries("heldout")) == 2 and dataset.adapter_dir(dataset.adapters[0]).is_dir()
+    assert len(dataset.entries("heldout")) == 2 and dataset.adapters[0].directory.is_dir()
 
 
 def test_every_adapter_loads_verifies_and_is_indexed(built):
