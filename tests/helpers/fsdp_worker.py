@@ -60,6 +60,7 @@ def main() -> None:
         }
     if rank == 0:
         Path(sys.argv[1]).write_text(json.dumps(errors))
+    dist.barrier()  # both ranks tear gloo down together: a rank leaving early can abort the other under load
     dist.destroy_process_group()
 
 
