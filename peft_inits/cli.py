@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encoder": ("peft_inits.training.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
     "vit": ("peft_inits.training.vit", "fine-tune a ViT image classifier"),
     "sd": ("peft_inits.diffusion.runner", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
+    "study": ("peft_inits.studies.command", "convergence benchmark: tuned rates, seeds, CIs and verdicts per task"),
     "descriptor-study": ("peft_inits.training.descriptor_study", "cluster and retrieve adapters by their weights"),
     "collection": ("peft_inits.collection", "index, cluster and map a folder of adapters"),
     "demo": ("peft_inits.demo", "wrap MiniLM with each method: counts, identity and merge checks"),

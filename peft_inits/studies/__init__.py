@@ -1,0 +1,1 @@
+"""Studies built on the runners: the convergence benchmark (`protocol` holds its statistics, `convergence` runs it)."""

