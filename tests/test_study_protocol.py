@@ -222,3 +222,31 @@ def test_paired_runs_share_data_order_and_head_init(tiny_text, tmp_path, monkeyp
     assert not torch.equal(heads[("lora", 1)], heads[("lora", 2)])
     config = json.loads((tmp_path / "svfit-2" / "config.json").read_text())
     assert config["train"]["seed"] == 2 and config["adapter"]["init_seed"] == 2
+
+
+# ------------------------------------------------------------------------------------------------ compare --seeds
+
+
+def test_compare_seeds_adds_a_ci_column_and_keeps_the_default_table(tiny_encoder, sentiment_csv, cache, tmp_path):
+    from peft_inits.training import compare
+
+    base = ["--model", str(tiny_encoder), "--data", str(sentiment_csv), "--cache-dir", str(cache), "--steps", "2",
+            "--batch-size", "8", "--methods", "lora,svfit", "--timing-steps", "0", "--no-progress"]  # fmt: skip
+    plain = compare.main(compare.parse_args([*base, "--output-dir", str(tmp_path / "plain")]))
+    seeded = compare.main(compare.parse_args([*base, "--output-dir", str(tmp_path / "seeded"), "--seeds", "3"]))
+    assert all("seeds" not in row and "test_ci" not in row for row in plain["rows"])
+    assert "test ± 95% CI" not in (tmp_path / "plain" / "table.md").read_text()
+    for row, own in zip(seeded["rows"], plain["rows"], strict=True):
+        assert {k: v for k, v in row.items() if k not in ("seeds", "test_ci")} == own  # seed 0 is the plain run
+        assert row["seeds"] == "3"
+    tests = [
+        json.loads((tmp_path / "seeded" / name / "summary.json").read_text())["test"]["accuracy"]
+        for name in ("svfit", "svfit-seed+1", "svfit-seed+2")
+    ]
+    estimate = protocol.mean_ci(tests)
+    assert seeded["rows"][1]["test_ci"] == f"{estimate.mean:.4f} ± {estimate.half_width:.4f}"
+    config = json.loads((tmp_path / "seeded" / "lora-seed+2" / "config.json").read_text())
+    assert config["train"]["seed"] == 2 and config["adapter"]["init_seed"] == 2
+    assert "test ± 95% CI" in (tmp_path / "seeded" / "table.md").read_text()
+    with pytest.raises(ValueError, match="--seeds must be"):
+        compare.main(compare.parse_args([*base, "--output-dir", str(tmp_path / "bad"), "--seeds", "0"]))

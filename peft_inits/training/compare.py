@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..studies.seeds import SEED_COLUMNS, check_seeds, run_seeds, seed_cells
 from .cli import adapter_settings, add_adapter_args, add_run_args, add_train_args, methods_list, parse_with_config
 from .cli import train_settings as make_train_settings
 from .encoder import EncoderSetup, add_data_args, default_output_dir, setup
@@ -81,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--override", action="append", default=[], help="[METHOD.]KEY=VALUE, e.g. loldu.z_init=uniform")
     group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
     group.add_argument("--long", action="store_true", help="the faithful run: all data, 1,000 steps of 32")
+    group.add_argument(
+        "--seeds", type=int, default=None, help="train each row with N seeds (from --seed/--init-seed): adds a 95%% CI"
+    )
     group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="round-robin timing rounds (0: none)")
     add_data_args(parser)
     parser.set_defaults(eval_size=400, test_size=1000)
@@ -166,6 +170,7 @@ def table_rows(
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run every variant on the encoder default (or the given data), print the table, write the plot."""
     started = time.perf_counter()
+    check_seeds(args.seeds)
     adapter_methods = [m for m in args.methods if is_adapter_method(m)]
     base_adapter = adapter_settings(args, method=(adapter_methods or args.methods)[0], options={})
     variants = build_variants(args.methods, base_adapter, args.override, args.sweep, options_from_args(args))
@@ -190,6 +195,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             overwrite=args.overwrite,
             info={"data": env.corpus.notes},
         )
+    seeded = _seeded(args, variants, summaries, env, out) if args.seeds else None
     if not accelerator.is_main_process:  # several processes: the main one times, tabulates and plots
         return {"summaries": summaries, "output_dir": str(out)}
     window = list(range(1, args.timing_steps + 1))
@@ -197,7 +203,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     builders[FROZEN] = frozen_builder(env.build_model)
     times = interleaved_step_times(builders, env.task, train, window) if window else {}
     rows, threshold = table_rows(variants, summaries, out, times, args.reference)
-    table = render(rows, columns(args.reference))
+    shown = columns(args.reference)
+    if seeded is not None:
+        cells = seed_cells(seeded, env.task.metric)
+        rows = [{**row, **cells[row["label"]]} for row in rows]
+        shown += SEED_COLUMNS
+    table = render(rows, shown)
     plot = plot_convergence(
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
         out / "convergence.png",
@@ -222,9 +233,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         },
     )
     (out / "table.md").write_text(
-        render(rows, columns(args.reference), markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
+        render(rows, shown, markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
     )
     return {"rows": rows, "summaries": summaries, "wall_time_s": wall, "output_dir": str(out)}
+
+
+def _seeded(args, variants, summaries, env: EncoderSetup, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """--seeds N: the other N − 1 seeds of every row (same data order and head init per seed across rows)."""
+
+    def run_one(path: Path, adapter, train: TrainSettings) -> dict[str, Any]:
+        return execute(output_dir=path, build_model=env.build_model, adapter=adapter, train_settings=train,
+                       task=env.task, config=env.config, resume=args.resume, overwrite=args.overwrite,
+                       info={"data": env.corpus.notes})  # fmt: skip
+
+    def train_for(variant: Variant) -> TrainSettings:
+        return make_train_settings(args, lr=variant.lr if variant.lr is not None else args.lr)
+
+    return run_seeds(variants, summaries, train_for, args.seeds, out, run_one)
 
 
 def _notes(variants: Sequence[Variant], train: TrainSettings, frozen_ms: float, rounds: int, wall: float) -> str:
