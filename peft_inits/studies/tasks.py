@@ -62,7 +62,7 @@ def _seeded(variant: Variant, seed: int):
 
 # ------------------------------------------------------------------------------------------------ text
 
-TEXT_BUDGET = TrainSettings(steps=120, batch_size=16, eval_every=30, eval_at_start=False, progress=False)
+TEXT_BUDGET = TrainSettings(steps=120, batch_size=16, eval_every=40, eval_at_start=False, progress=False)
 TEXT_SIZES = {"train_size": 4000, "eval_size": 500, "test_size": None}  # test: the whole 3,719-tweet split
 CI_BUDGET = TrainSettings(steps=2, batch_size=8, eval_every=1, eval_at_start=False, progress=False)
 
