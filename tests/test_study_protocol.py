@@ -250,3 +250,14 @@ def test_compare_seeds_adds_a_ci_column_and_keeps_the_default_table(tiny_encoder
     assert "test ± 95% CI" in (tmp_path / "seeded" / "table.md").read_text()
     with pytest.raises(ValueError, match="--seeds must be"):
         compare.main(compare.parse_args([*base, "--output-dir", str(tmp_path / "bad"), "--seeds", "0"]))
+
+
+def test_study_command_defaults_and_ci_size():
+    from peft_inits.studies.command import parse_args
+
+    full = parse_args(["--output-dir", "x"])
+    assert (full.seeds, full.factors, full.max_widen, full.tasks) == (5, list(protocol.GRID_FACTORS), 2, ["text"])
+    ci = parse_args(["--ci", "--output-dir", "x", "--seeds", "3"])
+    assert (ci.seeds, ci.factors, ci.max_widen) == (3, [1.0, 3.0], 0)  # flags win over the CI defaults
+    with pytest.raises(SystemExit):
+        parse_args(["--methods", "lora,nope", "--output-dir", "x"])

