@@ -158,6 +158,16 @@ def test_edge_pick_widens_and_says_so(tmp_path):
     assert selection["selected_lr"] == 0.003 and not selection["on_edge"]
 
 
+def test_tasks_run_in_separate_calls_share_one_study_json(tmp_path):
+    first, second = toy_task({"lora": 0.0}, []), toy_task({"lora": 0.0}, [])
+    second.name = "toy2"
+    run_study(toy_settings(methods=["lora"]), [first], tmp_path)
+    again = run_study(toy_settings(methods=["lora"]), [second], tmp_path)
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert set(saved["results"]) == {"toy", "toy2"} and saved == json.loads(json.dumps(again, default=str))
+    assert sorted({r["task"] for r in saved["runs"]}) == ["toy", "toy2"] and len(saved["runs"]) == 2 * 7
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="not adapter methods"):
         StudySettings(methods=["lora", "head"])

@@ -9,13 +9,15 @@ the reference's mean best validation metric, and the area under the validation c
 budget (steps × batch) and the same head learning rate; only the adapter's rate is tuned.
 
 Every run is a normal run directory `<out>/<task>/<variant>/lr<rate>-seed<s>`; a finished one is reused, so a killed
-study continues where it stopped. Writes `study.json` (every run), `<task>.md` (table and verdicts) and
+study continues where it stopped. Writes `study.json` (every run; a task run again replaces its
+own entries, other tasks' are kept), `<task>.md` (table and verdicts) and
 `<task>_curves.png` (validation curves, seed mean with its 95 % band).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -199,11 +201,13 @@ def run_study(settings: StudySettings, tasks: Sequence[StudyTask], out: str | Pa
             write_task_files(out, task, results[task.name], records)
     finally:
         runner.close()
+    done = {t.name for t in tasks}
+    earlier = _earlier(out / "study.json", done)
     payload = {
         "settings": {**as_dict(settings), "variants": [v.label for v in variants]},
-        "tasks": {t.name: _task_record(t) for t in tasks},
-        "results": results,
-        "runs": [_cell_record(c) for c in runner.cells],
+        "tasks": {**earlier.get("tasks", {}), **{t.name: _task_record(t) for t in tasks}},
+        "results": {**earlier.get("results", {}), **results},
+        "runs": [*earlier.get("runs", []), *(_cell_record(c) for c in runner.cells)],
         "executed_runs": runner.executed,
         "reused_runs": sum(c.reused for c in runner.cells),
         "wall_time_s": time.perf_counter() - started,
@@ -211,6 +215,18 @@ def run_study(settings: StudySettings, tasks: Sequence[StudyTask], out: str | Pa
     }
     RunDir(out).write_json("study.json", payload)
     return payload
+
+
+def _earlier(path: Path, replaced: set[str]) -> dict[str, Any]:
+    """What an earlier study.json holds about the tasks not run now (a study may run its tasks in several calls)."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    return {
+        "tasks": {k: v for k, v in saved.get("tasks", {}).items() if k not in replaced},
+        "results": {k: v for k, v in saved.get("results", {}).items() if k not in replaced},
+        "runs": [r for r in saved.get("runs", []) if r.get("task") not in replaced],
+    }
 
 
 def _task_record(task: StudyTask) -> dict[str, Any]:

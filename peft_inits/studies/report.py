@@ -134,7 +134,7 @@ def table(task: StudyTask, summary: Mapping[str, Any], markdown: bool = True) ->
             "n": len(row["seeds"]),
             "test": _ci(row["test_ci"], scale),
             "diff": "ref" if row["is_reference"] else (_ci(diff, scale) if diff else "-"),
-            "auc": _ci(row["auc_ci"], scale),
+            "auc": _ci(row["auc_ci"], task.val_scale, 1 if task.val_scale != 1 else 4),
             "to": _steps(row["steps_to_threshold"]),
             "params": f"{row['adapter_params']:,}" if row["adapter_params"] is not None else "-",
             "kib": f"{row['weights_bytes'] / 1024:,.1f}" if row["weights_bytes"] else "-",

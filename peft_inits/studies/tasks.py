@@ -36,8 +36,9 @@ class StudyTask:
     val_greater_is_better: bool
     test_metric: str
     test_greater_is_better: bool = True
-    scale: float = 100.0  # verdicts in points (accuracy × 100)
+    scale: float = 100.0  # test metric and verdicts in points (accuracy × 100)
     unit: str = "points"
+    val_scale: float = 100.0  # validation numbers (curve area) as shown: points for accuracies, 1 for losses
     notes: dict[str, Any] = field(default_factory=dict)
 
     def default_lr(self, variant: Variant) -> float:
@@ -209,6 +210,7 @@ def sd_task(*, ci: bool = False, cache_dir: str | None = None) -> StudyTask:
         run=run,
         val_metric="val_loss",
         val_greater_is_better=False,
+        val_scale=1.0,
         test_metric="accuracy_subject",
         notes={"data": "glyph:subject=♣" if not ci else "subject (tiny)"},
     )
