@@ -186,7 +186,8 @@ def plot_curves(
         ax.plot(steps, means, "o-", ms=3, color=color, label=f"{name} ({len(curves)} seeds)")
         ax.fill_between(steps, lows, highs, color=color, alpha=0.18, lw=0)
     ax.axhline(summary["threshold"], ls="--", color="grey", lw=1, label="threshold")
-    ax.set(xlabel="step", ylabel=f"validation {task.val_metric}", title=f"{task.name}: {task.description}"[:90])
+    title = f"{task.name}: validation at the selected rates, seed mean ± 95% CI"
+    ax.set(xlabel="step", ylabel=f"validation {task.val_metric}", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
