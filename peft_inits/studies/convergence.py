@@ -98,7 +98,7 @@ class Runner:
         self.out = out
         self.cells: list[Cell] = []
         self.executed = 0
-        self.fresh_time = 0.0
+        self.fresh: dict[str, list[float]] = {}  # task → wall times of the runs trained (not reused) in this call
         self.bar = tqdm(total=total, desc="study", unit="run", disable=not progress, dynamic_ncols=True)
 
     def grow(self, extra: int) -> None:
@@ -119,15 +119,15 @@ class Runner:
         wall = time.perf_counter() - started
         if not reused:
             self.executed += 1
-            self.fresh_time += wall
+            self.fresh.setdefault(task.name, []).append(wall)
         cell = Cell(task.name, variant.label, variant.adapter.method, lr, seed, phase, str(path), summary,
                     task.validation(summary), task.test(summary), reused, wall)  # fmt: skip
         self.cells.append(cell)
         self.bar.update(1)
-        left = self.bar.total - self.bar.n
-        if self.executed:
-            self.bar.set_postfix_str(f"{task.name} {variant.label} lr {lr:g} seed {seed}; "
-                                     f"left ≈ {left * self.fresh_time / self.executed / 60:.0f} min")  # fmt: skip
+        times = self.fresh.get(task.name) or [t for ts in self.fresh.values() for t in ts]
+        if times:  # at this task's pace (runs of different tasks differ by 10×); reused runs cost nothing
+            left = (self.bar.total - self.bar.n) * statistics.fmean(times) / 60
+            self.bar.set_postfix_str(f"{task.name} {variant.label} lr {lr:g} seed {seed}; left ≈ {left:.0f} min")
         return cell
 
     def close(self) -> None:
