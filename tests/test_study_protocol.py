@@ -271,3 +271,16 @@ def test_study_command_defaults_and_ci_size():
     assert (ci.seeds, ci.factors, ci.max_widen) == (3, [1.0, 3.0], 0)  # flags win over the CI defaults
     with pytest.raises(SystemExit):
         parse_args(["--methods", "lora,nope", "--output-dir", "x"])
+
+
+def test_resume_accepts_the_config_it_wrote_with_paths_in_it(tmp_path):
+    from pathlib import Path
+
+    config = {"model": Path("/models/minilm"), "sizes": {"train": 3}}
+    run = RunDir(tmp_path / "run")
+    with run.writer():
+        assert run.prepare(config, resume=True, overwrite=False) is False
+    with run.writer():  # what `--resume` of a default-model encoder run does: the same config, a Path inside
+        assert run.prepare(config, resume=True, overwrite=False) is True
+    with run.writer(), pytest.raises(ValueError, match="other settings"):
+        run.prepare({**config, "model": Path("/models/other")}, resume=True, overwrite=False)

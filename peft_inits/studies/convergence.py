@@ -198,6 +198,10 @@ def run_study(settings: StudySettings, tasks: Sequence[StudyTask], out: str | Pa
             results[task.name] = summarise_task(
                 task, variants, {k: v[1] for k, v in selection.items()}, per_seed, records, settings.reference
             )
+            results[task.name]["protocol"] = {
+                "factors": list(settings.factors), "max_widen": settings.max_widen, "seeds": settings.seeds,
+                "selection_seeds": settings.selection_seeds, "reference": settings.reference,
+            }  # fmt: skip
             write_task_files(out, task, results[task.name], records)
     finally:
         runner.close()
