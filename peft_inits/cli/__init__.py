@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "encoder": ("peft_inits.cli.encoder", "fine-tune a sequence classifier (MiniLM offline, or a local model)"),
     "vit": ("peft_inits.cli.vit", "fine-tune a ViT image classifier"),
     "sd": ("peft_inits.cli.sd", "Stable Diffusion / glyph-model adapters: train, sample, ablation, …"),
+    "study": ("peft_inits.cli.study", "convergence benchmark: tuned rates, seeds, CIs and verdicts per task"),
     "descriptor-study": ("peft_inits.cli.descriptor_study", "cluster and retrieve adapters by their weights"),
     "collection": ("peft_inits.cli.collection", "index, cluster and map a folder of adapters"),
     "demo": ("peft_inits.cli.demo", "wrap MiniLM with each method: counts, identity and merge checks"),

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--override", action="append", default=[], help="[METHOD.]KEY=VALUE, e.g. loldu.z_init=uniform")
     group.add_argument("--sweep", action="append", default=[], help="[METHOD.]KEY=V1,V2,..., e.g. loldu.r=1,8,64,full")
     group.add_argument("--long", action="store_true", help="the faithful run: all data, 1,000 steps of 32")
+    group.add_argument(
+        "--seeds", type=int, default=None, help="train each row with N seeds (from --seed/--init-seed): adds a 95%% CI"
+    )
     group.add_argument("--timing-steps", type=int, default=TIMING_STEPS, help="round-robin timing rounds (0: none)")
     add_settings_flags(parser.add_argument_group("data and model"), TextTaskSettings)
     parser.set_defaults(eval_size=400, test_size=1000)
@@ -70,6 +73,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         resume=args.resume,
         overwrite=args.overwrite,
         cache_dir=args.cache_dir,
+        seeds=args.seeds,
     )
     data = settings_from_args(TextTaskSettings, args)
     return run_compare(variants, data, make_train_settings(args), args.output_dir, settings)

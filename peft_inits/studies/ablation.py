@@ -294,34 +294,21 @@ def train_concept(
 ) -> dict[str, Any]:
     """One adapter of the ablation (identity or style), trained — or found finished — in `run_dir` with the SD
     runner's settings for this model: `sd train --data CONCEPT --seed S --init-seed S --resume`."""
-    import torch
-
-    from ..diffusion.train import SampleSettings, device_and_dtype, frozen_parts, native_resolution, train_adapter
-    from ..glyph.scoring import sample_scorer
-    from ..glyph.shipped import SHIPPED, model_kind, model_path, runner_family
-    from ..glyph.trainset import glyph_training_set
-    from ..training.settings import AdapterSettings, TrainSettings, default_lr
+    from ..diffusion.train import SampleSettings
+    from ..glyph.personalize import train_concept_adapter
+    from ..glyph.shipped import runner_family
+    from ..training.settings import AdapterSettings, TrainSettings
 
     steps = settings.steps if concept.attribute == "subject" else settings.style_steps
-    kind, family = model_kind(model), runner_family(model)
-    pipe = load_pipeline(model_path(model, cache_dir), device_and_dtype("auto")[1] if kind == "sd" else torch.float32)
-    frozen = frozen_parts(pipe)
-    resolution = native_resolution(pipe)
-    data = glyph_training_set(
-        concept, frozen, resolution, length=max(steps * settings.batch_size, 64), seed=seed,
-        num_images=settings.images, num_prompts=2,
-    )  # fmt: skip
-    lr = dict(settings.lrs).get(method)  # None: the method's rate for this model (its runner defaults)
     train = TrainSettings(
-        steps=steps, batch_size=settings.batch_size, lr=default_lr(method, family) if lr is None else lr,
-        head_lr=0.0, warmup=0.0, eval_every=steps, save_every=steps, seed=seed, progress=False,
+        steps=steps, batch_size=settings.batch_size, lr=dict(settings.lrs).get(method), head_lr=0.0, warmup=0.0,
+        eval_every=steps, save_every=steps, seed=seed, progress=False,
     )  # fmt: skip
-    adapter = AdapterSettings(method=method, head_modules=[], init_seed=seed, family=family)
-    sample = SampleSettings(seeds=(0,), steps=settings.sample_steps, guidance=settings.guidance)
-    config = {"runner": "sd", "model": model or SHIPPED, "data": concept.spec, "resolution": resolution}
-    return train_adapter(
-        pipe, frozen, data, adapter, train, sample, run_dir, config=config, resume=True,
-        scorer=lambda: sample_scorer(judge=judge, cache_dir=cache_dir, glyph_model=kind == "glyph"),
+    adapter = AdapterSettings(method=method, head_modules=[], init_seed=seed, family=runner_family(model))
+    return train_concept_adapter(
+        concept, adapter, train, run_dir, model=model, cache_dir=cache_dir, judge=judge, num_images=settings.images,
+        num_prompts=2, sample=SampleSettings(seeds=(0,), steps=settings.sample_steps, guidance=settings.guidance),
+        resume=True,
     )  # fmt: skip
 
 

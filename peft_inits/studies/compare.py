@@ -32,6 +32,7 @@ from ..training.rundir import RunDir, environment, read_records
 from ..training.settings import TrainSettings
 from ..training.tables import render
 from ..training.timing import FROZEN, Builder, frozen_builder, interleaved_step_times
+from .seeds import SEED_COLUMNS, check_seeds, run_seeds, seed_cells
 from .variants import Variant
 
 DEFAULTS = TrainSettings(steps=120, batch_size=16, eval_every=20)
@@ -75,6 +76,7 @@ class CompareSettings:
     resume: bool = False
     overwrite: bool = False
     cache_dir: str | None = None
+    seeds: int | None = None  # N: every row trained with N seeds (training and init seed together), a 95% CI column
 
 
 def _steps_to(records: list[dict[str, Any]], metric: str, threshold: float | None) -> int | None:
@@ -156,6 +158,7 @@ def run_compare(
     the convergence plot; return the rows and summaries."""
     settings = settings or CompareSettings()
     started = time.perf_counter()
+    check_seeds(settings.seeds)
     accelerator = make_accelerator(train.mixed_precision)
     env = setup(data, cache_dir=settings.cache_dir, eval_batch_size=train.eval_batch_size)
     out = Path(output_dir) if output_dir else default_output_dir("compare", "")
@@ -176,6 +179,7 @@ def run_compare(
             overwrite=settings.overwrite,
             info={"data": env.corpus.notes},
         )
+    seeded = _seeded(variants, summaries, env, out, train, settings) if settings.seeds else None
     if not accelerator.is_main_process:  # several processes: the main one times, tabulates and plots
         return {"summaries": summaries, "output_dir": str(out)}
     window = list(range(1, settings.timing_steps + 1))
@@ -183,7 +187,12 @@ def run_compare(
     builders[FROZEN] = frozen_builder(env.build_model)
     times = interleaved_step_times(builders, env.task, train, window) if window else {}
     rows, threshold = table_rows(variants, summaries, out, times, settings.reference)
-    table = render(rows, columns(settings.reference))
+    shown = columns(settings.reference)
+    if seeded is not None:
+        cells = seed_cells(seeded, env.task.metric)
+        rows = [{**row, **cells[row["label"]]} for row in rows]
+        shown += SEED_COLUMNS
+    table = render(rows, shown)
     plot = plot_convergence(
         {v.label: read_records(out / v.slug / "metrics.jsonl") for v in variants},
         out / "convergence.png",
@@ -208,9 +217,28 @@ def run_compare(
         },
     )
     (out / "table.md").write_text(
-        render(rows, columns(settings.reference), markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
+        render(rows, shown, markdown=True) + "\n\n" + notes + "\n", encoding="utf-8"
     )
     return {"rows": rows, "summaries": summaries, "wall_time_s": wall, "output_dir": str(out)}
+
+
+def _seeded(
+    variants: Sequence[Variant],
+    summaries: dict[str, dict[str, Any]],
+    env: EncoderSetup,
+    out: Path,
+    train: TrainSettings,
+    settings: CompareSettings,
+) -> dict[str, list[dict[str, Any]]]:
+    """The other N − 1 seeds of every row (same data order and head init per seed across rows)."""
+
+    def run_one(path: Path, adapter, seeded: TrainSettings) -> dict[str, Any]:
+        return execute(output_dir=path, build_model=env.build_model, adapter=adapter, train_settings=seeded,
+                       task=env.task, config=env.config, resume=settings.resume, overwrite=settings.overwrite,
+                       info={"data": env.corpus.notes})  # fmt: skip
+
+    assert settings.seeds is not None
+    return run_seeds(variants, summaries, lambda v: _train_for(v, train), settings.seeds, out, run_one)
 
 
 def _notes(variants: Sequence[Variant], train: TrainSettings, frozen_ms: float, rounds: int, wall: float) -> str:

@@ -175,6 +175,7 @@ class RunDir:
             raise
 
     def _prepare(self, config: dict[str, Any], *, resume: bool, overwrite: bool) -> bool:
+        config = json.loads(json.dumps(config, default=str))  # as config.json holds it (a Path is its text)
         existing = self.path / "config.json"
         if resume and existing.is_file():
             try:

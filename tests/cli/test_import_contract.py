@@ -10,7 +10,7 @@ Layers, bottom to top (a module may import its own layer and those below):
     4  PEFT registration                            peft_bridge, registration
     5  the methods                                  methods.*
     6  what uses adapters                           export, descriptors, population
-    7  the application                              collection, demo, training.*, diffusion.*, generation.*
+    7  the application                              collection, demo, training.*, diffusion.*, generation.*, studies.*
     8  the command line                             cli (the `peft-inits` entry point)
 
 The application layer still holds one cycle (issue 20): the Block-wise ablation trains through the SD command line
