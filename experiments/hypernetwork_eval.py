@@ -111,13 +111,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     train_conditions = runs[0].train_conditions()
     names = [s for s in runs[0].meta["train_subjects"] if s in bank]
     rows = [runs[0].meta["train_subjects"].index(s) for s in names]
+    retrieval = len(names) >= 2  # a data set of held-out adapters only: no retrieval row, no weight distances
 
     def normalised(conditions: dict[str, torch.Tensor]) -> torch.Tensor:
         x = net.normalised({k: v.float() for k, v in conditions.items()})
         widths = [net.state_dict()[f"mean_{i}"].numel() for i in range(len(net.sources))]
         return torch.cat([F.normalize(part, dim=1) for part in x.split(widths, dim=1)], dim=1)
 
-    keys_bank = normalised({k: v[rows] for k, v in train_conditions.items()})
+    keys_bank = normalised({k: v[rows] for k, v in train_conditions.items()}) if retrieval else None
 
     def sample(adapter: Path | None) -> list[list]:
         """images[prompt][seed], one batched pipeline call (each image its own seeded generator)."""
@@ -148,8 +149,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         return [images[i * seeds : (i + 1) * seeds] for i in range(len(prompts))]
 
     vectors_bank = {s: _vector(bank[s].directory, runs[0].keys) for s in names}
-    stacked = torch.stack(list(vectors_bank.values()))
-    mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
+    if retrieval:
+        stacked = torch.stack(list(vectors_bank.values()))
+        mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
 
     def distance(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((((a - b) / std) ** 2).mean().sqrt())
@@ -178,15 +180,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             directory = run.write(state, out / "adapters" / f"hypernetwork-{k}" / subject_id, {"subject": subject_id})
             times.append(feature_s + time.perf_counter() - began)
             adapters[f"hypernetwork-{k}"] = directory
-            vector = _vector(directory, run.keys)
-            nearest = min(distance(vector, v) for v in vectors_bank.values())
-            distances.setdefault("hypernetwork: to own trained", []).append(distance(vector, own))
-            distances.setdefault("hypernetwork: to nearest training adapter", []).append(nearest)
-        similarity = keys_bank @ normalised(condition).T
-        retrieved = names[int(similarity.squeeze(1).argmax())]
-        adapters["retrieval"] = bank[retrieved].directory
-        distances.setdefault("retrieval: to own trained", []).append(distance(vectors_bank[retrieved], own))
-        distances.setdefault("training mean: to own trained", []).append(distance(mean, own))
+            if retrieval:
+                vector = _vector(directory, run.keys)
+                nearest = min(distance(vector, v) for v in vectors_bank.values())
+                distances.setdefault("hypernetwork: to own trained", []).append(distance(vector, own))
+                distances.setdefault("hypernetwork: to nearest training adapter", []).append(nearest)
+        retrieved = None
+        if retrieval:
+            similarity = keys_bank @ normalised(condition).T
+            retrieved = names[int(similarity.squeeze(1).argmax())]
+            adapters["retrieval"] = bank[retrieved].directory
+            distances.setdefault("retrieval: to own trained", []).append(distance(vectors_bank[retrieved], own))
+            distances.setdefault("training mean: to own trained", []).append(distance(mean, own))
         for index, entry in enumerate(entries):
             adapters[f"trained-{index}"] = entry.directory
         adapters["none"] = None
@@ -227,6 +232,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     paired = {
         f"hypernetwork vs {other}": {m: _paired(hyper[m], per_subject[other][m]) for m in ("judge", "shape")}
         for other in ("none", "retrieval", "trained")
+        if other in per_subject
     }
     paired["trained vs none"] = {
         m: _paired(per_subject["trained"][m], per_subject["none"][m]) for m in ("judge", "shape")
@@ -237,7 +243,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "method": dataset.method,
         "subjects": len(chosen),
         "training_subjects": len(trained_on),
-        "retrieval_bank": len(names),
+        "retrieval_bank": len(names) if retrieval else 0,
         "prompts": prompts,
         "image_seeds": args.image_seeds,
         "table": table,
