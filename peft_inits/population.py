@@ -14,6 +14,8 @@ LoRAs.
     losses.sum().backward()                               # = each adapter's own gradient: the copies never mix
     population.clip_grad_norms(1.0); optimizer.step()
     population.save(k, "adapters/k")                      # a normal adapter directory (PEFT layout, checksummed)
+    with population.substitute(values), population.batch(index):   # copies from elsewhere (a hypernetwork's output)
+        loss = model(x)                                   # gradients flow into `values`, not into the copies
 
 Optimising the sum of the adapters' mean losses with AdamW (element-wise) and per-adapter gradient clipping gives
 each copy exactly the updates it would get trained alone (`tests/test_population.py`).

@@ -96,12 +96,11 @@ def denoising_subjects(subjects: Sequence[SubjectLike], frozen: Any, sources: Se
                        unet: torch.nn.Module, settings: HypernetSettings, resolution: int,
                        prediction: str) -> DenoisingSubjects:  # fmt: skip
     """Latents, prompts and conditions of `subjects` (renders are deterministic per subject)."""
-    from ..diffusion.adapter_dataset import _pixels
-
     latents, prompt_ids, table = [], [], {}
     for subject in subjects:
         arrays, prompts = subject.images(settings.images, resolution, "train")
-        latents.append(frozen.latents(_pixels(arrays)))
+        pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 HWC → [-1, 1] CHW
+        latents.append(frozen.latents(pixels))
         prompt_ids.append(torch.tensor([table.setdefault(text, len(table)) for text in prompts]))
     texts = list(table)
     contexts = frozen.context(frozen.tokens(texts))
