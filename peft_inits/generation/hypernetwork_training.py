@@ -100,10 +100,10 @@ def denoising_subjects(subjects: Sequence[SubjectLike], frozen: Any, sources: Se
     for subject in subjects:
         arrays, prompts = subject.images(settings.images, resolution, "train")
         pixels = torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # uint8 HWC → [-1, 1] CHW
-        latents.append(frozen.latents(pixels))
+        latents.append(frozen.latents(pixels.to(unet.device)))
         prompt_ids.append(torch.tensor([table.setdefault(text, len(table)) for text in prompts]))
     texts = list(table)
-    contexts = frozen.context(frozen.tokens(texts))
+    contexts = frozen.context(frozen.tokens(texts).to(unet.device))
     conditions = render_features(sources, subjects, settings.references, resolution)
     return DenoisingSubjects(torch.stack(latents), torch.stack(prompt_ids), contexts, conditions, unet,
                              frozen.scheduler, prediction, settings.renders)  # fmt: skip
@@ -163,6 +163,7 @@ def train_hypernetwork(
     returns what `hypernetwork.json` records."""
     from ..diffusion.models import load_pipeline
     from ..diffusion.objective import Frozen
+    from ..training.loop import make_accelerator
 
     settings = settings or HypernetSettings()
     train_settings = train_settings or TrainSettings(steps=1500, batch_size=16, lr=1e-3, warmup=0.0)
@@ -175,9 +176,10 @@ def train_hypernetwork(
     pipe = load_pipeline(model_folder(model, choice.cache_dir or "runs/cache"))
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     prediction = pipe.scheduler.config.get("prediction_type", "epsilon")
-    frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(torch.device("cpu"))
+    device = make_accelerator(train_settings.mixed_precision).device  # where `execute` puts the hypernetwork
+    frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(device)
     sources = choice.build(Base(pipe.unet, pipe.vae, resolution, model))
-    attached = attach(pipe.unet, adapter, train_settings.batch_size)
+    attached = attach(pipe.unet.to(device), adapter, train_settings.batch_size)
     try:
         data = [denoising_subjects(group, frozen, sources, attached.unet, settings, resolution, prediction)
                 for group in (train, heldout) if group]  # fmt: skip
