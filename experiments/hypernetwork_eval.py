@@ -206,8 +206,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         merged = {row: v for row, v in subject_scores.items() if not row.startswith("trained-")}
         merged["trained"] = {m: statistics.fmean(v[m] for v in trained) for m in ("judge", "shape")}  # seeds' mean
         for row, value in merged.items():
-            for metric, number in value.items():
-                scores.setdefault(row, {"judge": [], "shape": []})[metric].append(number)
+            for metric, score in value.items():
+                scores.setdefault(row, {"judge": [], "shape": []})[metric].append(score)
         details.append({"subject_id": subject_id, "glyph": first.subject, "retrieved": retrieved,
                         "scores": subject_scores})  # fmt: skip
         elapsed = time.perf_counter() - began_all
