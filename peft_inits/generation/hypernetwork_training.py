@@ -34,7 +34,7 @@ from . import features as feats
 from .entries import WRAPPER_PREFIX
 from .hypernetwork import HypernetSettings, Hypernetwork, Slots, feature_stats, hypernetwork_task
 from .pipeline import Base, FeatureChoice, model_folder
-from .representation import SAVED_INFIX, discover_layout, layout_to_json
+from .representation import SAVED_INFIX, LayerLayout, discover_layout, layout_to_json
 
 FORMAT = 1
 META = "hypernetwork.json"
@@ -119,7 +119,7 @@ class Attached:
     keys: list[str]  # the saved key of each slot
     template: dict[str, Tensor]
     adapter_config: dict[str, Any]
-    layout: list
+    layout: list[LayerLayout]
 
 
 def attach(unet: torch.nn.Module, adapter: AdapterSettings, size: int) -> Attached:
