@@ -14,6 +14,8 @@ LoRAs.
     losses.sum().backward()                               # = each adapter's own gradient: the copies never mix
     population.clip_grad_norms(1.0); optimizer.step()
     population.save(k, "adapters/k")                      # a normal adapter directory (PEFT layout, checksummed)
+    with population.substitute(values), population.batch(index):   # copies from elsewhere (a hypernetwork's output)
+        loss = model(x)                                   # gradients flow into `values`, not into the copies
 
 Optimising the sum of the adapters' mean losses with AdamW (element-wise) and per-adapter gradient clipping gives
 each copy exactly the updates it would get trained alone (`tests/core/test_population.py`).
@@ -27,7 +29,7 @@ adapter — and one down- and one up-projection serve the whole batch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -253,6 +255,29 @@ class Population:
             yield
         finally:
             self._index, self._keep = previous
+
+    @contextlib.contextmanager
+    def substitute(self, values: Mapping[str, Tensor]) -> Iterator[None]:
+        """Forwards inside the block read the K copies from `values` (`named_parameters` names → (K, *shape)
+        tensors, e.g. a hypernetwork's differentiable output) instead of the stacked parameters, which stay as they
+        are and get no gradient."""
+        own = dict(self.named_parameters())
+        if set(values) != set(own):
+            missing, extra = sorted(set(own) - set(values)), sorted(set(values) - set(own))
+            raise ValueError(f"substitute needs every stacked tensor: missing {missing[:3]}, unknown {extra[:3]}")
+        for name, value in values.items():
+            if value.shape != own[name].shape:
+                raise ValueError(f"{name}: substitute of shape {tuple(value.shape)}, the population holds "
+                                 f"{tuple(own[name].shape)}")  # fmt: skip
+        saved = [(member, member.stacked) for member in self.members]
+        for member in self.members:
+            member.stacked = {n: values[f"{member.name}.{n}"] for n in member.stacked}
+            member.gains = None  # a cached serving table belongs to the stacked copies
+        try:
+            yield
+        finally:
+            for member, stacked in saved:
+                member.stacked, member.gains = stacked, None
 
     def batch_names(self, names: Sequence[str]) -> contextlib.AbstractContextManager[None]:
         """`batch` by adapter name (a bank's directory names, `names`; "__base__": no adapter)."""

@@ -3,6 +3,9 @@
 python experiments/sd.py train-generator --dataset DIR --output-dir RUN [--features judge,vae] [--steps N]
 python experiments/sd.py generate-adapter --generator RUN --reference IMG_DIR --method svfit --out DIR
 python experiments/sd.py generation-eval --dataset DIR --generator RUN --output-dir EVAL
+python experiments/sd.py train-hypernetwork --method svfit --output-dir RUN   (`hypernetwork.py`)
+
+`generate-adapter --generator` takes a generator run or a hypernetwork run.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from ..training.settings import TrainSettings
 from . import args as cli
+from . import hypernetwork as train_hypernetwork
 from .flags import add_settings_flags, settings_from_args
 
 
@@ -57,8 +61,9 @@ def add_parsers(commands) -> None:
     run.add_argument("--overwrite", action="store_true")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
 
+    train_hypernetwork.add_parser(commands)
     generate = commands.add_parser("generate-adapter", help="write the adapter a generator predicts for references")
-    generate.add_argument("--generator", required=True, help="generator run folder (train-generator)")
+    generate.add_argument("--generator", required=True, help="run folder of train-generator or train-hypernetwork")
     generate.add_argument("--reference", required=True, help="folder of the subject's reference images")
     generate.add_argument("--method", default=None, help="the adapter method expected (checked against the generator)")
     generate.add_argument("--out", required=True, help="adapter directory to write")
@@ -117,8 +122,15 @@ def train_generator(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def generate_adapter(args: argparse.Namespace) -> dict[str, Any]:
+    from ..generation.hypernetwork_run import generate_adapter as predict
+    from ..generation.hypernetwork_run import is_hypernetwork_run
     from ..generation.workflow import generate_adapter as run
 
+    if is_hypernetwork_run(args.generator):  # one forward of the MLP: no guidance, seed or sampling steps
+        result = predict(args.generator, args.reference, args.out, method=args.method, model=args.model,
+                         judge=args.judge, image_encoder=args.image_encoder)  # fmt: skip
+        print(f"wrote {result['out']} ({result['method']}, hypernetwork) in {result['wall_s']:.2f} s")
+        return result
     result = run(
         args.generator,
         args.reference,
@@ -159,4 +171,5 @@ COMMANDS = {
     "train-generator": train_generator,
     "generate-adapter": generate_adapter,
     "generation-eval": generation_eval,
+    "train-hypernetwork": train_hypernetwork.run,
 }

@@ -59,7 +59,7 @@ class Base:
 
 def model_folder(model: str | None, cache_dir: str | Path = "runs/cache") -> str | None:
     """A data set's or user's model name as a folder: None for the tiny pipeline (None, '' or 'tiny'), the shipped
-    glyph-world model's name unpacked into `cache_dir` (`diffusion.shipped`), or an existing diffusers folder."""
+    glyph-world model's name unpacked into `cache_dir` (`glyph.shipped`), or an existing diffusers folder."""
     from ..glyph.shipped import SHIPPED, TINY, model_kind, model_path
 
     if model in (None, "", TINY):
