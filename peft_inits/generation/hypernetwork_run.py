@@ -23,31 +23,15 @@ from .entries import WRAPPER_PREFIX
 from .hypernetwork import HypernetSettings, Hypernetwork, Slots
 from .hypernetwork_training import FORMAT, META
 from .representation import LayerLayout, layout_from_json
-from .workflow import FeatureChoice, check_base, load_base
+from .workflow import FeatureChoice, RecordedRun, check_base, load_base
 
 
 @dataclass
-class HypernetworkRun:
-    root: Path
-    meta: dict[str, Any]
+class HypernetworkRun(RecordedRun):
     layout: list[LayerLayout]
     net: Hypernetwork
     keys: list[str]
     template: dict[str, Tensor]
-
-    @property
-    def method(self) -> str:
-        return self.meta["method"]
-
-    @property
-    def choice(self) -> FeatureChoice:
-        recorded = self.meta["features"]
-        return FeatureChoice(
-            tuple(recorded["sources"]), recorded.get("judge"), recorded.get("cache_dir"), recorded.get("image_encoder")
-        )
-
-    def train_conditions(self) -> dict[str, Tensor]:
-        return load_tensors(self.root / "conditions.safetensors")
 
     @torch.no_grad()
     def states(self, conditions: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:

@@ -346,14 +346,12 @@ def train_generator(
 
 
 @dataclass
-class GeneratorRun:
+class RecordedRun:
+    """What every adapter-generator run folder records (the diffusion generator's, the hypernetwork's): its meta —
+    method and feature sources — and the conditions of its training subjects."""
+
     root: Path
     meta: dict[str, Any]
-    layout: list[LayerLayout]
-    codec: Codec
-    normaliser: FeatureNormaliser
-    denoiser: Denoiser
-    template: dict[str, Tensor]
 
     @property
     def method(self) -> str:
@@ -368,6 +366,15 @@ class GeneratorRun:
 
     def train_conditions(self) -> dict[str, Tensor]:
         return load_tensors(self.root / "conditions.safetensors")
+
+
+@dataclass
+class GeneratorRun(RecordedRun):
+    layout: list[LayerLayout]
+    codec: Codec
+    normaliser: FeatureNormaliser
+    denoiser: Denoiser
+    template: dict[str, Tensor]
 
 
 def load_generator(run_dir: str | Path) -> GeneratorRun:
