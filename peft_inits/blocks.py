@@ -657,5 +657,5 @@ def parse_blocks(text: str) -> list[str] | dict[str, Any]:
         try:
             return dict(json.loads(text))
         except json.JSONDecodeError as exc:
-            raise ValueError(f"blocks are not valid JSON: {exc}") from exc
+            raise ValueError(f"--blocks is not valid JSON: {exc}") from exc
     return [item.strip() for item in text.split(",") if item.strip()]

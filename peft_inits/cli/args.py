@@ -8,9 +8,10 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..blocks import parse_blocks
 from ..training.fields import csv_list, parse_bool
 from ..training.options import check_applicable, option_owners, option_settings
-from ..training.settings import AdapterSettings, TrainSettings, all_methods, check_method, parse_blocks
+from ..training.settings import AdapterSettings, TrainSettings, all_methods, check_method
 from .configfile import read_config_file
 from .flags import add_settings_flags, flag_type, settings_from_args
 

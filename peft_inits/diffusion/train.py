@@ -65,7 +65,7 @@ def train_adapter(
     config: dict[str, Any],
     prediction: str | None = None,
     prior_weight: float = 1.0,
-    scorer: Callable[[], Scorer | None] | None = None,
+    scorer: Callable[[], Scorer] | None = None,
     resume: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -115,9 +115,9 @@ def train_adapter(
 
 def final_scores(scorer: Scorer | None, data: TrainingSet, rows: list[list], seeds: Sequence[int]) -> dict[str, Any]:
     """Metrics of the final samples against the training images (subject and style fidelity), of the prompted
-    attributes, and their diversity; {"note": why not} without a scorer."""
+    attributes, and their diversity; only a note without a scorer."""
     if scorer is None:
-        return {"note": "not scored: no judge for this model (pass --judge DIR, or --clip/--dino PATH)"}
+        return {"note": "not scored: no scorer given"}
     images = [image for row in rows for image in row]
     prompts = [p for p in data.prompts for _ in seeds]
     return scorer(images, prompts, data.references)

@@ -15,7 +15,7 @@ import torch
 
 from ..diffusion.models import load_pipeline
 from ..diffusion.train import SampleSettings, device_and_dtype, frozen_parts, native_resolution, train_adapter
-from ..training.settings import AdapterSettings, TrainSettings, default_lr
+from ..training.settings import AdapterSettings, TrainSettings
 from .concepts import GlyphConcept
 from .scoring import sample_scorer
 from .shipped import SHIPPED, model_kind, model_path
@@ -48,8 +48,8 @@ def train_concept_adapter(
         concept, frozen, resolution, length=max(train.steps * train.batch_size, 64), seed=train.seed,
         num_images=num_images, num_prompts=num_prompts, prior_weight=prior_weight,
     )  # fmt: skip
-    if train.lr is None:
-        train = dataclasses.replace(train, lr=default_lr(adapter.method, adapter.family))
+    if train.lr is None:  # recorded resolved, as the SD command records it
+        train = dataclasses.replace(train, lr=train.lr_for(adapter.method, adapter.family))
     config = {"runner": "sd", "model": model or SHIPPED, "data": concept.spec, "resolution": resolution}
     return train_adapter(
         pipe, frozen, data, adapter, train, sample or SampleSettings(), output_dir, config=config,

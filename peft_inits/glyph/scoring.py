@@ -93,15 +93,15 @@ def sample_scorer(
     glyph_model: bool = False,
     progress: bool = False,
 ):
-    """What `diffusion.train.train_adapter` scores its final samples with (None: no scorer for this model); the
-    returned scores carry `make_scorer`'s note."""
+    """What `diffusion.train.train_adapter` scores its final samples with; the scores carry `make_scorer`'s note,
+    which is all they hold when no scorer exists for this model."""
     scorer, note = make_scorer(
         clip=clip, dino=dino, judge=judge, cache_dir=cache_dir, glyph_model=glyph_model, progress=progress
     )
-    if scorer is None:
-        return None
 
     def score(images: list, prompts: list, references: list) -> dict[str, Any]:
+        if scorer is None:
+            return {"note": note}
         found = score_samples(scorer, images, prompts, subject_references=references, style_references=references)
         return {"note": note, **found}
 

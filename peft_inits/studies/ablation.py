@@ -33,7 +33,7 @@ from ..glyph.concepts import PROMPT_SEED, GlyphConcept, Prompt, concept_prompts,
 from ..glyph.scoring import score_samples
 from ..glyph.world import World, to_pil
 from ..registry import method_names
-from ..training.fields import setting
+from ..training.fields import csv_list, setting
 from ..training.settings import check_method
 
 METRICS = ("subject_fidelity", "style_fidelity", "prompt_fidelity", "accuracy_subject", "accuracy_background")
@@ -45,18 +45,14 @@ LEARNED = 0.1  # a single adapter must beat the base model's judged accuracy by 
 PAPER = {"ID + style, upper": (True, True), "ID + style, middle": (True, False), "ID + style, lower": (False, False)}
 
 
-def _items(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def _methods(text: str) -> tuple[str, ...]:
     """'svfit,loldu' → ("svfit", "loldu"), each checked against the adapter methods and the references."""
-    return tuple(check_method(name) for name in _items(text))
+    return tuple(check_method(name) for name in csv_list(text))
 
 
 def _method_lrs(text: str) -> tuple[tuple[str, float], ...]:
     """'svfit=0.2,loldu=5e-3' → (("svfit", 0.2), ("loldu", 0.005)), methods checked against the registry."""
-    pairs = [item.split("=", 1) for item in _items(text)]
+    pairs = [item.split("=", 1) for item in csv_list(text)]
     if any(len(pair) != 2 or pair[0] not in method_names() for pair in pairs):
         raise ValueError(f"expected METHOD=LR pairs with methods from {', '.join(method_names())}")
     try:

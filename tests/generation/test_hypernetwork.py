@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 from PIL import Image
+from runner_helpers import assert_bad_references_refused
 from torch import nn
 
 from peft_inits.checkpoint import load_tensors, verify_adapter_dir
@@ -217,17 +218,7 @@ def test_generated_adapter_is_a_normal_adapter_directory(trained, tmp_path):
 def test_bad_inputs_are_named_and_change_nothing(trained, tmp_path):
     out = tmp_path / "x"
     base = ["generate-adapter", "--generator", str(trained["run"]), "--out", str(out)]
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    with pytest.raises(ValueError, match=r"reference image folder .*empty holds no images"):
-        runner.main(runner.parse_args([*base, "--reference", str(empty)]))
-    broken = tmp_path / "broken"
-    broken.mkdir()
-    (broken / "a.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"cannot read reference image .*broken/a\.png"):
-        runner.main(runner.parse_args([*base, "--reference", str(broken)]))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        runner.main(runner.parse_args([*base, "--reference", str(tmp_path / "missing")]))
+    assert_bad_references_refused(lambda argv: runner.main(runner.parse_args(argv)), base, tmp_path)
     with pytest.raises(ValueError, match="predicts svfit adapters, not loldu"):
         _generate(trained, out, "--method", "loldu")
     other = tmp_path / "other-base"

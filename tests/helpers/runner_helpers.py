@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from peft_inits.training.sampler import StepSampler
@@ -60,3 +61,20 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def assert_bad_references_refused(run: Callable[[list[str]], object], args: list[str], tmp_path: Path) -> None:
+    """`generate-adapter` (either kind of generator) names an empty, an unreadable and a missing reference folder."""
+    import pytest
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=r"reference image folder .*empty holds no images"):
+        run([*args, "--reference", str(empty)])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match=r"cannot read reference image .*broken/a\.png"):
+        run([*args, "--reference", str(broken)])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        run([*args, "--reference", str(tmp_path / "missing")])
