@@ -30,18 +30,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from peft_inits.checkpoint import verify_adapter_dir
 from peft_inits.cli import args as cli
 from peft_inits.generation import features as feats
 from peft_inits.generation.dataset import Subject
-from peft_inits.generation.entries import WRAPPER_PREFIX, training_data
+from peft_inits.generation.entries import training_data
+from peft_inits.generation.heldout import (
+    SCORES,
+    HeldoutSampler,
+    Retrieval,
+    SubjectScorer,
+    adapter_vector,
+    mean_sem,
+    paired,
+)
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.generation.workflow import Base, check_base, model_folder
-from peft_inits.glyph.shape_fidelity import plain_references, shape_fidelity
-
-SHAPE_SEED = 778  # plain-background references for the shape score: a stream no training or reference image uses
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,28 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _vector(directory: Path, keys: list[str]) -> torch.Tensor:
-    _, tensors = verify_adapter_dir(directory)
-    return torch.cat([tensors[WRAPPER_PREFIX + key].double().flatten() for key in keys])
-
-
-def _paired(a: list[float], b: list[float]) -> dict[str, float]:
-    differences = [x - y for x, y in zip(a, b, strict=True)]
-    sem = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else 0.0
-    return {"mean": statistics.fmean(differences), "sem": sem, "wins": sum(d > 0 for d in differences),
-            "n": len(differences)}  # fmt: skip
-
-
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from peft_inits.diffusion.composition import Placement, apply_placements, load_named_adapter
-    from peft_inits.diffusion.metrics import JudgeScorer, subject_fidelity
+    from peft_inits.diffusion.metrics import JudgeScorer
     from peft_inits.diffusion.models import load_pipeline
-    from peft_inits.diffusion.sampling import dpmpp_2m_karras
     from peft_inits.glyph.judge import cached_judge
-    from peft_inits.glyph.world import BACKGROUNDS
 
-    if args.backgrounds[0] != "plain":
-        raise ValueError("the first --backgrounds entry must be plain: the shape score reads its samples")
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     dataset = training_data(args.dataset)
@@ -102,54 +89,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     for run in runs:
         check_base(pipe.unet, run.layout, run.template, f"hypernetwork {run.root}")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    sampler = HeldoutSampler(pipe, args.backgrounds, args.image_seeds, args.sample_steps, args.image_guidance)
     sources = runs[0].choice.build(Base(pipe.unet, pipe.vae, resolution, runs[0].meta.get("model")))
-    scorer = JudgeScorer(cached_judge(args.cache_dir))
-    prompts = [f"a sks glyph on {BACKGROUNDS[b]}" for b in args.backgrounds]
-
-    # retrieval: the hypernetwork's normalised features, cosine per source, over its training subjects in the bank
-    net = runs[0].net
-    train_conditions = runs[0].train_conditions()
+    judge = JudgeScorer(cached_judge(args.cache_dir))
     names = [s for s in runs[0].meta["train_subjects"] if s in bank]
-    rows = [runs[0].meta["train_subjects"].index(s) for s in names]
-    retrieval = len(names) >= 2  # a data set of held-out adapters only: no retrieval row, no weight distances
+    retrieval = Retrieval(runs[0], names) if len(names) >= 2 else None  # held-out adapters only: no retrieval row
 
-    def normalised(conditions: dict[str, torch.Tensor]) -> torch.Tensor:
-        x = net.normalised({k: v.float() for k, v in conditions.items()})
-        widths = [net.state_dict()[f"mean_{i}"].numel() for i in range(len(net.sources))]
-        return torch.cat([F.normalize(part, dim=1) for part in x.split(widths, dim=1)], dim=1)
-
-    keys_bank = normalised({k: v[rows] for k, v in train_conditions.items()}) if retrieval else None
-
-    def sample(adapter: Path | None) -> list[list]:
-        """images[prompt][seed], one batched pipeline call (each image its own seeded generator)."""
-        if adapter is not None:
-            load_named_adapter(pipe.unet, adapter, "row")
-            apply_placements(pipe.unet, [Placement("row")])
-        else:
-            apply_placements(pipe.unet, [])
-        original, pipe.scheduler = pipe.scheduler, dpmpp_2m_karras(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
-        try:
-            texts = [p for p in prompts for _ in args.image_seeds]
-            generators = [torch.Generator().manual_seed(s) for _ in prompts for s in args.image_seeds]
-            images = pipe(
-                texts,
-                num_inference_steps=args.sample_steps,
-                guidance_scale=args.image_guidance,
-                height=resolution,
-                width=resolution,
-                generator=generators,
-                output_type="pil",
-            ).images
-        finally:
-            pipe.scheduler = original
-            if adapter is not None:
-                pipe.unet.delete_adapters("row")
-        seeds = len(args.image_seeds)
-        return [images[i * seeds : (i + 1) * seeds] for i in range(len(prompts))]
-
-    vectors_bank = {s: _vector(bank[s].directory, runs[0].keys) for s in names}
-    if retrieval:
+    vectors_bank = {s: adapter_vector(bank[s].directory, runs[0].keys) for s in names}
+    if retrieval is not None:
         stacked = torch.stack(list(vectors_bank.values()))
         mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
 
@@ -166,12 +113,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         first = entries[0]
         subject = Subject(subject_id, first.subject, first.family, first.variant, first.colour)
         references = feats.read_references(first.references_dir)
-        reference_features = scorer.features(references)
-        shape_references = list(plain_references(subject, 8, resolution, SHAPE_SEED))
+        scorer = SubjectScorer(judge, subject, references, resolution)
         began = time.perf_counter()
         condition = {k: v[None] for k, v in feats.condition(sources, references).items()}
         feature_s = time.perf_counter() - began
-        own = torch.stack([_vector(e.directory, runs[0].keys) for e in entries]).mean(0)
+        own = torch.stack([adapter_vector(e.directory, runs[0].keys) for e in entries]).mean(0)
         adapters: dict[str, Path | None] = {}
         for k, run in enumerate(runs):
             began = time.perf_counter()
@@ -179,15 +125,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             directory = run.write(state, out / "adapters" / f"hypernetwork-{k}" / subject_id, {"subject": subject_id})
             times.append(feature_s + time.perf_counter() - began)
             adapters[f"hypernetwork-{k}"] = directory
-            if retrieval:
-                vector = _vector(directory, run.keys)
+            if retrieval is not None:
+                vector = adapter_vector(directory, run.keys)
                 nearest = min(distance(vector, v) for v in vectors_bank.values())
                 distances.setdefault("hypernetwork: to own trained", []).append(distance(vector, own))
                 distances.setdefault("hypernetwork: to nearest training adapter", []).append(nearest)
         retrieved = None
-        if retrieval:
-            similarity = keys_bank @ normalised(condition).T
-            retrieved = names[int(similarity.squeeze(1).argmax())]
+        if retrieval is not None:
+            retrieved = retrieval.nearest(condition)
             adapters["retrieval"] = bank[retrieved].directory
             distances.setdefault("retrieval: to own trained", []).append(distance(vectors_bank[retrieved], own))
             distances.setdefault("training mean: to own trained", []).append(distance(mean, own))
@@ -196,17 +141,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         adapters["none"] = None
         subject_scores = {}
         for row, directory in adapters.items():
-            images = sample(directory)
-            flat = [image for prompt_row in images for image in prompt_row]
-            judge = subject_fidelity(scorer.features(flat), reference_features)
-            shape = shape_fidelity(images[0], shape_references)
-            subject_scores[row] = {"judge": judge, "shape": shape}
+            subject_scores[row] = scorer.score(sampler(directory))
         trained = [v for row, v in subject_scores.items() if row.startswith("trained-")]
         merged = {row: v for row, v in subject_scores.items() if not row.startswith("trained-")}
-        merged["trained"] = {m: statistics.fmean(v[m] for v in trained) for m in ("judge", "shape")}  # seeds' mean
+        merged["trained"] = {m: statistics.fmean(v[m] for v in trained) for m in SCORES}  # seeds' mean
         for row, value in merged.items():
             for metric, score in value.items():
-                scores.setdefault(row, {"judge": [], "shape": []})[metric].append(score)
+                scores.setdefault(row, {m: [] for m in SCORES})[metric].append(score)
         details.append({"subject_id": subject_id, "glyph": first.subject, "retrieved": retrieved,
                         "scores": subject_scores})  # fmt: skip
         elapsed = time.perf_counter() - began_all
@@ -218,23 +159,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     per_subject = {row: value for row, value in scores.items()}
     per_subject["hypernetwork (mean over seeds)"] = {
         metric: [statistics.fmean(scores[r][metric][i] for r in hyper_rows) for i in range(len(chosen))]
-        for metric in ("judge", "shape")
+        for metric in SCORES
     }
-    table = {
-        row: {metric: {"mean": statistics.fmean(values),
-                       "sem": statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else 0.0}
-              for metric, values in value.items()}
-        for row, value in per_subject.items()
-    }  # fmt: skip
-    seed_means = {m: [statistics.fmean(scores[r][m]) for r in hyper_rows] for m in ("judge", "shape")}
+    table = {row: {metric: mean_sem(values) for metric, values in value.items()} for row, value in per_subject.items()}
+    seed_means = {m: [statistics.fmean(scores[r][m]) for r in hyper_rows] for m in SCORES}
     hyper = per_subject["hypernetwork (mean over seeds)"]
     paired = {
-        f"hypernetwork vs {other}": {m: _paired(hyper[m], per_subject[other][m]) for m in ("judge", "shape")}
+        f"hypernetwork vs {other}": {m: paired(hyper[m], per_subject[other][m]) for m in SCORES}
         for other in ("none", "retrieval", "trained")
         if other in per_subject
     }
     paired["trained vs none"] = {
-        m: _paired(per_subject["trained"][m], per_subject["none"][m]) for m in ("judge", "shape")
+        m: paired(per_subject["trained"][m], per_subject["none"][m]) for m in SCORES
     }
     report = {
         "dataset": str(dataset.root),
@@ -242,8 +178,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "method": dataset.method,
         "subjects": len(chosen),
         "training_subjects": len(trained_on),
-        "retrieval_bank": len(names) if retrieval else 0,
-        "prompts": prompts,
+        "retrieval_bank": len(names) if retrieval is not None else 0,
+        "prompts": sampler.prompts,
         "image_seeds": args.image_seeds,
         "table": table,
         "hypernetwork_seed_means": {m: {"values": v, "spread": max(v) - min(v)} for m, v in seed_means.items()},
@@ -280,7 +216,7 @@ def markdown(report: dict[str, Any]) -> str:
               "shape: mean diff ± s.e.m. (wins) |", "|---|---|---|"]  # fmt: skip
     for name, entry in report["paired"].items():
         cells = [f"{entry[m]['mean']:+.3f} ± {entry[m]['sem']:.3f} ({entry[m]['wins']}/{entry[m]['n']})"
-                 for m in ("judge", "shape")]  # fmt: skip
+                 for m in SCORES]  # fmt: skip
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     spread = report["hypernetwork_seed_means"]
     seconds = report["seconds_per_zero_shot_adapter"]

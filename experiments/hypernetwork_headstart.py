@@ -1,14 +1,18 @@
 """A predicted adapter as a head start (issue 22): fine-tune the held-out subjects' adapters from the hypernetwork's
-prediction and from the method's standard init, and follow the reference denoising loss step by step.
+prediction, from the retrieved training adapter and from the method's standard init, and follow both the reference
+denoising loss and the images' subject fidelity step by step.
 
     python experiments/hypernetwork_headstart.py --dataset runs/data/adapters-svfit \
-        --hypernetwork runs/hyper-svfit-s0 --output-dir runs/headstart-svfit
+        --hypernetwork runs/hyper-svfit-s0 --lr 0.02 --output-dir runs/headstart-svfit
 
-Both runs train exactly as `adapter-dataset` trained the data set's held-out adapters (its settings: images, batch,
-steps, learning rate, schedule, per-adapter noise streams; all held-out subjects in one population), so the standard
-init's last value reproduces the data set's `eval_loss_end`. The score is that loss (each subject's references, one
-fixed draw of noise and timesteps): a proxy for fidelity that needs no sampling. Reports, per checkpoint, the mean
-loss of both starts and, per subject, the first checkpoint at which it reaches its trained adapter's loss.
+Every start trains as `adapter-dataset` trained the data set's held-out adapters (its images, batch, steps, schedule,
+per-adapter noise streams; all held-out subjects in one population); only the learning rate of the generated and
+retrieved starts is `--lr` (default: the data set's), since a rate meant for a start far from the optimum first
+undoes a start near it. The standard init at the data set's rate reproduces its trained adapters (its last loss is
+the data set's `eval_loss_end`), so its final checkpoint is the "trained" target. At each `--checkpoints` step the
+reference loss is recorded (one fixed draw per subject: a proxy that needs no sampling); at each `--score-at` step
+every subject's adapter is saved and sampled with `generation-eval`'s prompts and seeds and scored by the judge and
+by glyph shape. Writes report.json, report.md and fidelity.png.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -28,11 +33,19 @@ from peft_inits.diffusion.objective import Frozen
 from peft_inits.generation import dataset as D
 from peft_inits.generation import features as feats
 from peft_inits.generation.builder import Chunk, Job, _eval_losses, population_noise_loss
+from peft_inits.generation.heldout import SCORES, HeldoutSampler, Retrieval, SubjectScorer, adapter_vector, mean_sem
+from peft_inits.generation.heldout import paired as paired_difference
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.generation.hypernetwork_training import attach
 from peft_inits.generation.workflow import Base, check_base, model_folder
 from peft_inits.training.optim import build_scheduler
 from peft_inits.training.settings import AdapterSettings, TrainSettings
+
+STARTS = ("standard init", "hypernetwork", "retrieval")
+
+
+def _steps(text: str) -> list[int]:
+    return [int(s) for s in cli.csv_list(text)]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,13 +53,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--hypernetwork", required=True)
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--checkpoints", type=lambda t: [int(s) for s in cli.csv_list(t)],
-                        default=[0, 5, 10, 15, 25, 50, 100, 150])  # fmt: skip
+    parser.add_argument("--starts", type=cli.csv_list, default=list(STARTS), help=f"of {','.join(STARTS)}")
+    parser.add_argument("--lr", type=float, default=None, help="the generated and retrieved starts' rate")
+    parser.add_argument("--checkpoints", type=_steps, default=[0, 5, 10, 15, 25, 50, 100, 150])
+    parser.add_argument("--score-at", type=_steps, default=[0, 5, 15, 50, 150], help="'' = loss only")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many held-out subjects")
     parser.add_argument("--cache-dir", default="runs/cache")
     return parser.parse_args(argv)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    from peft_inits.diffusion.metrics import JudgeScorer
+    from peft_inits.glyph.judge import cached_judge
+
+    unknown = sorted(set(args.starts) - set(STARTS))
+    if unknown:
+        raise ValueError(f"unknown start(s) {unknown}; choose from {', '.join(STARTS)}")
     began = time.perf_counter()
     dataset = D.read_dataset(args.dataset)
     settings = dataset.settings
@@ -54,92 +76,185 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if run.method != dataset.method:
         raise ValueError(f"{run.root} predicts {run.method} adapters but {dataset.root} holds {dataset.method}")
     entries = sorted((e for e in dataset.entries("heldout") if e.seed == 0), key=lambda e: e.subject_id)
+    entries = entries[: args.limit]
     if set(e.subject_id for e in entries) & set(run.meta["train_subjects"]):
         raise ValueError("held-out subjects of the data set are among the hypernetwork's training subjects")
-    pipe = load_pipeline(model_folder(run.meta.get("model"), args.cache_dir))
+    folder = model_folder(run.meta.get("model"), args.cache_dir)
+    pipe = load_pipeline(folder)
     check_base(pipe.unet, run.layout, run.template, f"hypernetwork {run.root}")
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
     sources = run.choice.build(Base(pipe.unet, pipe.vae, resolution, run.meta.get("model")))
-    conditions = [feats.condition(sources, feats.read_references(dataset.references_dir(e))) for e in entries]
+    references = [feats.read_references(e.references_dir) for e in entries]
+    conditions = [feats.condition(sources, r) for r in references]
     predicted = run.net({k: torch.stack([c[k] for c in conditions]) for k in conditions[0]}).detach()
+    bank = {e.subject_id: e for e in dataset.entries("train") if e.seed == 0 and e.subject_id in run.meta[
+        "train_subjects"]}  # fmt: skip
+    retrieved: list[str] = []
+    if "retrieval" in args.starts:
+        retrieval = Retrieval(run, [s for s in run.meta["train_subjects"] if s in bank])
+        retrieved = [retrieval.nearest({k: v[None] for k, v in c.items()}) for c in conditions]
+        retrieved_values = torch.stack([adapter_vector(bank[s].directory, run.keys).float() for s in retrieved])
+
+    subjects = [D.Subject(e.subject_id, e.subject, e.family, e.variant, e.colour) for e in entries]
+    scoring = bool(args.score_at)
+    if scoring:
+        sampler = HeldoutSampler(load_pipeline(folder))  # a second, unhooked copy of the base for sampling
+        judge = JudgeScorer(cached_judge(args.cache_dir))
+        scorers = [SubjectScorer(judge, s, r, resolution) for s, r in zip(subjects, references, strict=True)]
+
     frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(torch.device("cpu"))
-    adapter = AdapterSettings(**{k: v for k, v in json.loads((run.root / "config.json").read_text())[
-        "target_adapter"].items()})  # fmt: skip
+    adapter = AdapterSettings(**json.loads((run.root / "config.json").read_text())["target_adapter"])
     attached = attach(pipe.unet, adapter, len(entries))
     population = attached.population
     init = [p.detach().clone() for p in population.parameters()]
-    jobs = [Job(D.Subject(e.subject_id, e.subject, e.family, e.variant, e.colour), "heldout", 0) for e in entries]
+    jobs = [Job(subject, "heldout", 0) for subject in subjects]
     chunk = Chunk(jobs, frozen, settings["images"], settings["references"], resolution, settings["batch_size"],
                   torch.device("cpu"))  # fmt: skip
     prediction = settings["prediction"]
-    schedule = TrainSettings(steps=settings["steps"], batch_size=settings["batch_size"], warmup=settings["warmup"],
-                             lr=settings["lr"])  # fmt: skip
-    curves: dict[str, dict[int, list[float]]] = {}
-    for start in ("standard init", "hypernetwork"):
-        with torch.no_grad():
-            for param, value in zip(population.parameters(), init, strict=True):
-                param.copy_(value)
-            if start == "hypernetwork":
-                values = attached.slots.split(predicted)
-                own = dict(population.named_parameters())
-                for name, value in values.items():
-                    own[name].copy_(value)
-        chunk.generators = [torch.Generator().manual_seed(job.noise_seed) for job in jobs]
-        optimizer = population.optimizer(settings["lr"], settings["weight_decay"])
-        scheduler = build_scheduler(optimizer, schedule)
-        curve = curves.setdefault(start, {})
-        for step in range(settings["steps"] + 1):
-            if step in args.checkpoints:
-                curve[step] = _eval_losses(attached.unet, frozen.scheduler, population, chunk, prediction)
-                print(f"{start} step {step}: {statistics.fmean(curve[step]):.4f}", flush=True)
-            if step == settings["steps"]:
-                break
-            latents, context, index = chunk.batch(step)
-            losses = population_noise_loss(attached.unet, frozen.scheduler, population, latents, context, index,
-                                           chunk.generators, prediction)  # fmt: skip
-            losses.sum().backward()
-            population.clip_grad_norms(settings["max_grad_norm"])
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+    rates = {"standard init": settings["lr"], "hypernetwork": args.lr or settings["lr"],
+             "retrieval": args.lr or settings["lr"]}  # fmt: skip
+    losses: dict[str, dict[int, list[float]]] = {}
+    scores: dict[str, dict[int, dict[str, list[float]]]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for start in args.starts:
+            with torch.no_grad():
+                for param, value in zip(population.parameters(), init, strict=True):
+                    param.copy_(value)
+                start_values = {"hypernetwork": predicted, "retrieval": retrieved_values if retrieved else None}
+                if start in start_values:
+                    own = dict(population.named_parameters())
+                    for name, value in attached.slots.split(start_values[start]).items():
+                        own[name].copy_(value)
+            chunk.generators = [torch.Generator().manual_seed(job.noise_seed) for job in jobs]
+            optimizer = population.optimizer(rates[start], settings["weight_decay"])
+            schedule = TrainSettings(steps=settings["steps"], batch_size=settings["batch_size"],
+                                     warmup=settings["warmup"], lr=rates[start])  # fmt: skip
+            scheduler = build_scheduler(optimizer, schedule)
+            for step in range(settings["steps"] + 1):
+                if step in args.checkpoints:
+                    losses.setdefault(start, {})[step] = _eval_losses(attached.unet, frozen.scheduler, population,
+                                                                      chunk, prediction)  # fmt: skip
+                if step in args.score_at:
+                    row = scores.setdefault(start, {}).setdefault(step, {m: [] for m in SCORES})
+                    for k, scorer in enumerate(scorers):
+                        directory = population.save(k, Path(scratch) / f"{k}")
+                        for metric, value in scorer.score(sampler(directory)).items():
+                            row[metric].append(value)
+                shown = {m: f"{statistics.fmean(v):.3f}" for m, v in scores.get(start, {}).get(step, {}).items()}
+                if step in args.checkpoints or shown:
+                    loss = statistics.fmean(losses[start][step]) if step in losses.get(start, {}) else float("nan")
+                    print(f"{start} step {step}: loss {loss:.4f} {shown} ({time.perf_counter() - began:.0f} s)",
+                          flush=True)  # fmt: skip
+                if step == settings["steps"]:
+                    break
+                latents, context, index = chunk.batch(step)
+                batch_losses = population_noise_loss(attached.unet, frozen.scheduler, population, latents, context,
+                                                     index, chunk.generators, prediction)  # fmt: skip
+                batch_losses.sum().backward()
+                population.clip_grad_norms(settings["max_grad_norm"])
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
     population.detach()
+    report = _report(args, dataset, run, entries, rates, retrieved, losses, scores)
+    report["wall_time_s"] = time.perf_counter() - began
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    (out / "report.md").write_text(markdown(report))
+    if scores:
+        plot(report, out / "fidelity.png")
+    print(markdown(report))
+    return report
+
+
+def _report(args, dataset, run, entries, rates, retrieved, losses, scores) -> dict[str, Any]:
+    """Mean curves, the trained target (the standard init's last scored step) and steps to reach it."""
     targets = [e.eval_loss_end for e in entries]
-
-    def reached(curve: dict[int, list[float]], k: int) -> int | None:
-        return next((step for step in sorted(curve) if curve[step][k] <= targets[k]), None)
-
-    report = {
+    loss_steps = {
+        start: [next((s for s in sorted(curve) if curve[s][k] <= targets[k]), None) for k in range(len(entries))]
+        for start, curve in losses.items()
+    }
+    report: dict[str, Any] = {
         "dataset": str(dataset.root),
         "hypernetwork": str(run.root),
         "method": dataset.method,
         "subjects": len(entries),
+        "learning_rates": {s: rates[s] for s in args.starts},
+        "trained_steps": dataset.settings["steps"],
+        "retrieved": retrieved,
         "trained_loss": statistics.fmean(targets),
-        "curves": {
-            start: {
-                step: {"mean": statistics.fmean(v), "sem": statistics.stdev(v) / len(v) ** 0.5}
-                for step, v in curve.items()
-            }
-            for start, curve in curves.items()
-        },
-        "steps_to_trained": {
-            start: [reached(curve, k) for k in range(len(entries))] for start, curve in curves.items()
-        },
-        "wall_time_s": time.perf_counter() - began,
+        "loss": {s: {step: mean_sem(v) for step, v in curve.items()} for s, curve in losses.items()},
+        "loss_steps_to_trained": loss_steps,
+        "fidelity": {s: {step: {m: mean_sem(v) for m, v in row.items()} for step, row in curve.items()}
+                     for s, curve in scores.items()},
     }
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    lines = [f"{report['method']}, {len(entries)} held-out subjects; reference loss of the trained adapters "
-             f"{report['trained_loss']:.4f}", "", "| step | " + " | ".join(curves) + " |",
-             "|---" * (len(curves) + 1) + "|"]  # fmt: skip
-    for step in sorted(next(iter(curves.values()))):
-        cells = [f"{report['curves'][s][step]['mean']:.4f} ± {report['curves'][s][step]['sem']:.4f}" for s in curves]
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    for start, steps in report["steps_to_trained"].items():
-        lines.append(f"\n{start}: first checkpoint at the trained adapter's loss, per subject: {steps}")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    trained = scores.get("standard init", {}).get(dataset.settings["steps"])
+    if trained is not None:
+        report["trained_fidelity"] = {m: mean_sem(v) for m, v in trained.items()}
+        report["vs_trained"] = {
+            start: {step: {m: paired_difference(row[m], trained[m]) for m in SCORES} for step, row in curve.items()}
+            for start, curve in scores.items()
+        }
+        report["fidelity_steps_to_trained"] = {
+            start: {m: next((step for step in sorted(curve) if statistics.fmean(curve[step][m]) >=
+                             statistics.fmean(trained[m])), None) for m in SCORES}
+            for start, curve in scores.items()
+        }  # fmt: skip
     return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rates = ", ".join(f"{s} lr {r:g}" for s, r in report["learning_rates"].items())
+    lines = [f"{report['method']}, {report['subjects']} held-out subjects ({rates}); the trained adapters: "
+             f"{report['trained_steps']} steps from the standard init, reference loss {report['trained_loss']:.4f}",
+             "", "Reference loss after k steps (mean ± s.e.m. over subjects):", "",
+             "| k | " + " | ".join(report["loss"]) + " |", "|---" * (len(report["loss"]) + 1) + "|"]  # fmt: skip
+    for step in sorted({s for curve in report["loss"].values() for s in curve}):
+        cells = [f"{c[step]['mean']:.4f} ± {c[step]['sem']:.4f}" if step in c else "" for c in report["loss"].values()]
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if report["fidelity"]:
+        lines += ["", "Subject fidelity after k steps, judge / shape (mean ± s.e.m. over subjects):", "",
+                  "| k | " + " | ".join(report["fidelity"]) + " |", "|---" * (len(report["fidelity"]) + 1) + "|"]
+        for step in sorted({s for curve in report["fidelity"].values() for s in curve}):
+            cells = [" / ".join(f"{c[step][m]['mean']:.3f} ± {c[step][m]['sem']:.3f}" for m in SCORES)
+                     if step in c else "" for c in report["fidelity"].values()]  # fmt: skip
+            lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if "vs_trained" in report:
+        lines += ["", "Paired difference to the trained adapters (mean ± s.e.m., wins), judge / shape:", ""]
+        for start, curve in report["vs_trained"].items():
+            cells = [f"k={step}: " + " / ".join(f"{v[m]['mean']:+.3f} ± {v[m]['sem']:.3f} ({v[m]['wins']}/{v[m]['n']})"
+                                                for m in SCORES) for step, v in curve.items()]  # fmt: skip
+            lines.append(f"- {start}: " + "; ".join(cells))
+        lines += ["", "First scored k whose mean fidelity reaches the trained adapters' (judge, shape):", ""]
+        lines += [f"- {s}: {v['judge']}, {v['shape']}" for s, v in report["fidelity_steps_to_trained"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(SCORES), figsize=(5 * len(SCORES), 3.6))
+    for axis, metric in zip(axes, SCORES, strict=True):
+        for start, curve in report["fidelity"].items():
+            steps = sorted(curve)
+            mean = [curve[s][metric]["mean"] for s in steps]
+            sem = [curve[s][metric]["sem"] for s in steps]
+            axis.errorbar(steps, mean, yerr=sem, marker="o", capsize=3, label=start)
+        if "trained_fidelity" in report:
+            axis.axhline(report["trained_fidelity"][metric]["mean"], color="grey", linestyle="--", label="trained")
+        axis.set_xscale("symlog", linthresh=5)
+        axis.set_xlabel("fine-tuning steps")
+        axis.set_ylabel(f"{metric} subject fidelity")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"{report['method']}: head starts on {report['subjects']} held-out subjects")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
 
 
 if __name__ == "__main__":
