@@ -169,9 +169,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for other in ("none", "retrieval", "trained")
         if other in per_subject
     }
-    paired["trained vs none"] = {
-        m: paired(per_subject["trained"][m], per_subject["none"][m]) for m in SCORES
-    }
+    paired["trained vs none"] = {m: paired(per_subject["trained"][m], per_subject["none"][m]) for m in SCORES}
     report = {
         "dataset": str(dataset.root),
         "hypernetworks": [str(r.root) for r in runs],

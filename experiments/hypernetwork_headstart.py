@@ -186,8 +186,10 @@ def _report(args, dataset, run, entries, rates, retrieved, losses, scores) -> di
         "trained_loss": statistics.fmean(targets),
         "loss": {s: {step: mean_sem(v) for step, v in curve.items()} for s, curve in losses.items()},
         "loss_steps_to_trained": loss_steps,
-        "fidelity": {s: {step: {m: mean_sem(v) for m, v in row.items()} for step, row in curve.items()}
-                     for s, curve in scores.items()},
+        "fidelity": {
+            s: {step: {m: mean_sem(v) for m, v in row.items()} for step, row in curve.items()}
+            for s, curve in scores.items()
+        },
     }
     trained = scores.get("standard init", {}).get(dataset.settings["steps"])
     if trained is not None:
@@ -214,8 +216,13 @@ def markdown(report: dict[str, Any]) -> str:
         cells = [f"{c[step]['mean']:.4f} ± {c[step]['sem']:.4f}" if step in c else "" for c in report["loss"].values()]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     if report["fidelity"]:
-        lines += ["", "Subject fidelity after k steps, judge / shape (mean ± s.e.m. over subjects):", "",
-                  "| k | " + " | ".join(report["fidelity"]) + " |", "|---" * (len(report["fidelity"]) + 1) + "|"]
+        lines += [
+            "",
+            "Subject fidelity after k steps, judge / shape (mean ± s.e.m. over subjects):",
+            "",
+            "| k | " + " | ".join(report["fidelity"]) + " |",
+            "|---" * (len(report["fidelity"]) + 1) + "|",
+        ]
         for step in sorted({s for curve in report["fidelity"].values() for s in curve}):
             cells = [" / ".join(f"{c[step][m]['mean']:.3f} ± {c[step][m]['sem']:.3f}" for m in SCORES)
                      if step in c else "" for c in report["fidelity"].values()]  # fmt: skip

@@ -59,6 +59,34 @@ def generate(
     return rows
 
 
+def generate_batched(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> list[list]:
+    """`generate` in one pipeline call (every prompt × seed a row of one batch, each with its own seeded generator):
+    faster on a small model; the same starting noise, not bit-identical images (batched kernels round differently)."""
+    original, pipe.scheduler = pipe.scheduler, dpmpp_2m_karras(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    try:
+        images = pipe(
+            [p for p in prompts for _ in seeds],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=size,
+            width=size,
+            generator=[torch.Generator(device="cpu").manual_seed(s) for _ in prompts for s in seeds],
+            output_type="pil",
+        ).images
+    finally:
+        pipe.scheduler = original
+    return [images[i * len(seeds) : (i + 1) * len(seeds)] for i in range(len(prompts))]
+
+
 def save_grid(rows: Sequence[Sequence], path: str | Path, row_labels: Sequence[str] | None = None) -> Path:
     """Paste images[row][col] into one PNG, with an optional label strip left of each row."""
     from PIL import Image, ImageDraw

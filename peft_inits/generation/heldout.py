@@ -21,7 +21,7 @@ from torch import Tensor
 from ..checkpoint import verify_adapter_dir
 from ..diffusion.composition import Placement, apply_placements, load_named_adapter
 from ..diffusion.metrics import JudgeScorer, subject_fidelity
-from ..diffusion.sampling import dpmpp_2m_karras
+from ..diffusion.sampling import generate_batched
 from ..glyph.shape_fidelity import plain_references, shape_fidelity
 from ..glyph.world import BACKGROUNDS
 from .dataset import Subject
@@ -51,7 +51,6 @@ class HeldoutSampler:
         self.image_seeds = list(image_seeds)
         self.steps = steps
         self.guidance = guidance
-        self.resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
 
     def __call__(self, adapter: str | Path | None) -> list[list]:
         """images[prompt][seed] with `adapter` (a saved adapter directory) on the base, or the base alone."""
@@ -61,24 +60,11 @@ class HeldoutSampler:
             apply_placements(pipe.unet, [Placement("row")])
         else:
             apply_placements(pipe.unet, [])
-        original, pipe.scheduler = pipe.scheduler, dpmpp_2m_karras(pipe.scheduler.config)
-        pipe.set_progress_bar_config(disable=True)
         try:
-            images = pipe(
-                [p for p in self.prompts for _ in self.image_seeds],
-                num_inference_steps=self.steps,
-                guidance_scale=self.guidance,
-                height=self.resolution,
-                width=self.resolution,
-                generator=[torch.Generator().manual_seed(s) for _ in self.prompts for s in self.image_seeds],
-                output_type="pil",
-            ).images
+            return generate_batched(pipe, self.prompts, self.image_seeds, steps=self.steps, guidance=self.guidance)
         finally:
-            pipe.scheduler = original
             if adapter is not None:
                 pipe.unet.delete_adapters("row")
-        seeds = len(self.image_seeds)
-        return [images[i * seeds : (i + 1) * seeds] for i in range(len(self.prompts))]
 
 
 class SubjectScorer:
