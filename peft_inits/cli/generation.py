@@ -76,6 +76,8 @@ def add_parsers(commands) -> None:
     evaluate = commands.add_parser("generation-eval", help="held-out subjects: generated vs trained vs baselines")
     evaluate.add_argument("--dataset", required=True)
     evaluate.add_argument("--generator", required=True)
+    evaluate.add_argument("--hypernetworks", type=cli.csv_list, default=[],
+                          help="train-hypernetwork runs: a 'hypernetwork' row (one variant per run)")  # fmt: skip
     evaluate.add_argument("--output-dir", required=True, help="report.json, report.md and grid.png go here")
     evaluate.add_argument("--model", default=None, help="base diffusers folder (default: the generator's)")
     real_sd = ("prompts", "describe", "class_word")
@@ -162,6 +164,7 @@ def generation_eval(args: argparse.Namespace) -> dict[str, Any]:
         image_encoder=args.image_encoder,
         clip=args.clip,
         dino=args.dino,
+        hypernetworks=args.hypernetworks,
     )
     print(json.dumps(report["table"], indent=2))
     return report

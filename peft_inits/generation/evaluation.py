@@ -1,8 +1,10 @@
 """Held-out evaluation of a weight generator: does a generated adapter render the subject of its references?
 
-For every held-out subject of a data set, five ways to render it, sampled on the same prompts and image seeds:
+For every held-out subject of a data set, up to six ways to render it, sampled on the same prompts and image seeds:
 
 - `generated`: the generator's adapter from the subject's references (one per generator seed);
+- `hypernetwork`: with `hypernetworks`, each end-to-end hypernetwork's zero-shot adapter (one per run, i.e. per
+  training seed; `train-hypernetwork`, trained on subjects disjoint from the held-out ones, which is checked);
 - `trained`: the subject's adapter trained on its references (the data set's "heldout" adapters: the upper bound);
 - `retrieval`: the training adapter whose subject's reference features are nearest (cosine over the generator's
   normalised features): the baseline a hypernetwork must beat;
@@ -11,13 +13,17 @@ For every held-out subject of a data set, five ways to render it, sampled on the
 - `none`: no adapter, the adapters' prompt.
 
 Also, without any sampling: each adapter's distance to the subject's trained adapter in the generator's token space
-(RMS in training-set std units) for `generated`, `retrieval` and the training mean (token 0) — does the generator
-predict the weights better than looking them up?
+(RMS in training-set std units) for `generated`, `hypernetwork`, `retrieval` and the training mean (token 0) — does
+the generator predict the weights better than looking them up? — and, the memorisation check, each generated
+adapter's distance to its nearest *training* adapter (a copy of one would be at 0).
 
 Scores (`diffusion/metrics.py` with the glyph judge): subject fidelity (pairwise cosine of sample vs reference
-features) and prompt fidelity (judged probability of the prompted background). Each row is averaged over subjects per
-*variant* — generator seed (generated), data-set seed (trained), image seed (the deterministic rows) — and reported
-as mean ± std over variants, with the wall time to produce one adapter.
+features), prompt fidelity (judged probability of the prompted background) and, for glyph-world subjects with a
+plain background among the prompts, shape fidelity (`glyph.shape_fidelity`: the plain prompt's samples vs plain
+renders of the subject; no learned features, so a score the feature-conditioned generators cannot game). Each row
+is averaged over subjects per *variant* — generator seed (generated), hypernetwork run, data-set seed (trained),
+image seed (the deterministic rows) — and reported as mean ± std over variants, with the wall time to produce one
+adapter.
 """
 
 from __future__ import annotations
@@ -35,11 +41,12 @@ import torch.nn.functional as F
 
 from ..training.fields import setting
 from . import features as feats
-from .dataset import DatasetEntry
+from .dataset import DatasetEntry, Subject
 from .entries import training_data
 from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
-ROWS = ("generated", "trained", "retrieval", "words", "none")
+ROWS = ("generated", "hypernetwork", "trained", "retrieval", "words", "none")
+SHAPE_SEED = 778  # as generation.heldout: plain renders of the subject no training or reference image uses
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,7 @@ class EvalSettings:
         None, "words row: the subject in words, replacing the subject word (default: the judge's caption)"
     )
     class_word: str | None = setting(None, "CLIP-T: the class noun replacing the subject word (DreamBooth's protocol)")
+    shape: bool = setting(True, "glyph-shape fidelity of the plain prompt's samples (glyph-world subjects)")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -130,6 +138,9 @@ class EvalPlan:
     word: str  # the data set's subject word ("sks glyph")
     prompts: list[str]
     prompted: list | None  # what prompt fidelity checks per prompt (judge: backgrounds; CLIP: the text)
+    hypernetworks: list[tuple[Any, Any]]  # (hypernetwork_run.HypernetworkRun, its feature sources on this pipeline)
+    bank: torch.Tensor  # the training adapters in token space (memorisation check)
+    plain: int | None  # which prompt the shape score reads (None: no shape score)
 
 
 @dataclass
@@ -155,6 +166,7 @@ def evaluate(
     image_encoder: str | None = None,
     clip: str | None = None,
     dino: str | None = None,
+    hypernetworks: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Score every row on the held-out subjects; write report.json, report.md and grid.png into `output_dir`.
 
@@ -162,7 +174,7 @@ def evaluate(
     `settings.prompts`, `describe` and `class_word` saying what the prompts, the words row and CLIP-T read."""
     plan = make_plan(
         dataset_dir, generator_dir, output_dir, settings or EvalSettings(), model=model, judge=judge,
-        cache_dir=cache_dir, image_encoder=image_encoder, clip=clip, dino=dino,
+        cache_dir=cache_dir, image_encoder=image_encoder, clip=clip, dino=dino, hypernetworks=hypernetworks,
     )  # fmt: skip
     results = [evaluate_subject(plan, subject_id) for subject_id in plan.chosen]
     return write_report(plan, results)
@@ -180,6 +192,7 @@ def make_plan(
     image_encoder: str | None,
     clip: str | None,
     dino: str | None,
+    hypernetworks: Sequence[str | Path] = (),
 ) -> EvalPlan:
     """Load the generator, the data set's held-out subjects, the pipeline and the scorer; fix the prompts."""
     from ..diffusion.metrics import ClipDinoScorer, JudgeScorer
@@ -229,9 +242,36 @@ def make_plan(
         template = settings.prompt_template or dataset.settings.get("prompt_template") or f"a {word} on {{background}}"
         prompts = [template.format(background=phrases[b]) for b in settings.backgrounds]
         prompted = [{"background": b} for b in settings.backgrounds]
-    return EvalPlan(
-        settings, out, run, dataset, subjects, chosen, train_by_name, pipe, sources, scorer, word, prompts, prompted
-    )
+    hypers = [_load_hypernetwork(path, run, base, chosen, cache_dir) for path in hypernetworks]
+    bank = torch.stack([adapter_tokens(run, e.directory) for e in train_by_name.values()])
+    plain = None
+    if settings.shape and not (clip or dino) and "plain" in settings.backgrounds:
+        plain = list(settings.backgrounds).index("plain")
+    return EvalPlan(settings, out, run, dataset, subjects, chosen, train_by_name, pipe, sources, scorer, word,
+                    prompts, prompted, hypers, bank, plain)  # fmt: skip
+
+
+def _load_hypernetwork(path: str | Path, generator, base: Base, heldout: Sequence[str], cache_dir: str | None):
+    """A hypernetwork run and its feature sources, checked against the generator's method, base and adapter layout
+    and against the held-out subjects (none may be among its training subjects)."""
+    from .hypernetwork_run import load_hypernetwork
+    from .workflow import FeatureChoice
+
+    hyper = load_hypernetwork(path)
+    if hyper.method != generator.method:
+        raise ValueError(
+            f"hypernetwork {hyper.root} predicts {hyper.method} adapters; the generator {generator.method}"
+        )
+    check_base(base.unet, hyper.layout, hyper.template, f"hypernetwork {hyper.root}")
+    if hyper.layout != generator.layout:
+        raise ValueError(f"hypernetwork {hyper.root} adapts other layers than the generator {generator.root}: "
+                         "rows of one evaluation must share the adapter layout")  # fmt: skip
+    leaked = sorted(set(heldout) & set(hyper.meta["train_subjects"]))
+    if leaked:
+        raise ValueError(f"held-out subjects {leaked[:5]} are among hypernetwork {hyper.root}'s training subjects")
+    recorded = hyper.choice
+    choice = FeatureChoice(recorded.sources, recorded.judge, recorded.cache_dir or cache_dir, recorded.image_encoder)
+    return hyper, choice.build(base)
 
 
 def render_rows(plan: EvalPlan, adapter: Path | None, texts: Sequence[str], tag: str) -> list[list]:
@@ -254,9 +294,13 @@ def render_rows(plan: EvalPlan, adapter: Path | None, texts: Sequence[str], tag:
             unet.delete_adapters(tag)
 
 
-def score_rows(plan: EvalPlan, rows: list[list], reference_features: torch.Tensor) -> list[dict[str, float]]:
-    """Per image seed: subject and prompt fidelity over that seed's images (every prompt)."""
+def score_rows(
+    plan: EvalPlan, rows: list[list], reference_features: torch.Tensor, shape_references: Sequence | None = None
+) -> list[dict[str, float]]:
+    """Per image seed: subject and prompt fidelity over that seed's images (every prompt); shape fidelity of its
+    plain-prompt image when `shape_references` are given."""
     from ..diffusion.metrics import subject_fidelity
+    from ..glyph.shape_fidelity import shape_fidelity
 
     result = []
     for column, _ in enumerate(plan.settings.image_seeds):
@@ -264,6 +308,8 @@ def score_rows(plan: EvalPlan, rows: list[list], reference_features: torch.Tenso
         values = {"subject_fidelity": subject_fidelity(plan.scorer.features(images), reference_features)}
         if plan.prompted is not None:
             values["prompt_fidelity"] = float(plan.scorer.prompt_scores(images, plan.prompted).double().mean())
+        if shape_references is not None and plan.plain is not None:
+            values["shape_fidelity"] = shape_fidelity([rows[plan.plain][column]], shape_references)
         result.append(values)
     return result
 
@@ -272,12 +318,31 @@ def _pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
 
 
+def _shape_references(plan: EvalPlan, entry: DatasetEntry, size: int) -> list | None:
+    """Plain renders of a glyph-world subject for the shape score; None without a plain prompt or for a subject the
+    glyph world cannot render (e.g. a real-SD data set)."""
+    from ..glyph.shape_fidelity import plain_references
+    from ..glyph.world import attribute_values
+
+    look = entry.look or {}
+    known = all(look.get(a) in attribute_values(a) + attribute_values(a, True) for a in ("family", "variant", "colour"))
+    if plan.plain is None or not known or len(entry.subject) != 1:
+        return None
+    subject = Subject(entry.subject_id, entry.subject, look["family"], look["variant"], look["colour"])
+    return list(plain_references(subject, 8, size, SHAPE_SEED))
+
+
 def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     """Render and score every row for one held-out subject."""
     run, settings, prompts = plan.run, plan.settings, plan.prompts
     entries = plan.subjects[subject_id]
     references = feats.read_references(entries[0].references_dir)
     reference_features = plan.scorer.features(references)
+    shapes = _shape_references(plan, entries[0], plan.pipe.unet.config.sample_size * plan.pipe.vae_scale_factor)
+
+    def scored(rows: list[list]) -> list[dict[str, float]]:
+        return score_rows(plan, rows, reference_features, shapes)
+
     began = time.perf_counter()
     condition = feats.condition(plan.sources, references)
     feature_s = time.perf_counter() - began
@@ -285,7 +350,14 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     times: dict[str, list[float]] = {row: [] for row in ROWS}
     mask = run.codec.mask()
     target = torch.stack([adapter_tokens(run, e.directory) for e in entries]).mean(0)
-    generated_distance = []
+    distances: dict[str, list[float]] = {}
+
+    def measure(row: str, directory: Path) -> None:
+        tokens = adapter_tokens(run, directory)
+        distances.setdefault(row, []).append(token_distance(tokens, target, mask))
+        nearest = min(token_distance(tokens, stored, mask) for stored in plan.bank)
+        distances.setdefault(f"{row}: nearest training adapter", []).append(nearest)
+
     generated_rows = None
     for seed in settings.seeds:
         began = time.perf_counter()
@@ -293,34 +365,38 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
                                  seed=seed)[0]  # fmt: skip
         directory = write_generated(run, state, plan.out / "generated" / f"{subject_id}-seed{seed}", {"seed": seed})
         times["generated"].append(feature_s + time.perf_counter() - began)
-        generated_distance.append(token_distance(adapter_tokens(run, directory), target, mask))
+        measure("generated", directory)
         rows = render_rows(plan, directory, prompts, "generated")
         generated_rows = generated_rows or rows
-        variants.setdefault("generated", []).append(_pooled(score_rows(plan, rows, reference_features)))
+        variants.setdefault("generated", []).append(_pooled(scored(rows)))
+    for index, (hyper, sources) in enumerate(plan.hypernetworks):
+        began = time.perf_counter()
+        own = condition if sources is plan.sources else feats.condition(sources, references)
+        state = hyper.states({k: v[None] for k, v in own.items()})[0]
+        directory = hyper.write(state, plan.out / "hypernetwork" / f"{subject_id}-run{index}", {"run": str(hyper.root)})
+        times["hypernetwork"].append(time.perf_counter() - began + (feature_s if sources is plan.sources else 0.0))
+        measure("hypernetwork", directory)
+        variants.setdefault("hypernetwork", []).append(_pooled(scored(render_rows(plan, directory, prompts, "hyper"))))
     trained_rows = None
     for entry in entries:
         rows = render_rows(plan, entry.directory, prompts, "trained")
         trained_rows = trained_rows or rows
-        variants.setdefault("trained", []).append(_pooled(score_rows(plan, rows, reference_features)))
+        variants.setdefault("trained", []).append(_pooled(scored(rows)))
         if entry.train_time_s is not None:
             times["trained"].append(float(entry.train_time_s))
     began = time.perf_counter()
     nearest = plan.train_by_name[_nearest_subject(run, condition)]
     times["retrieval"].append(feature_s + time.perf_counter() - began)
-    variants["retrieval"] = score_rows(plan, render_rows(plan, nearest.directory, prompts, "retrieval"),
-                                       reference_features)  # fmt: skip
-    distances = {
-        "generated": generated_distance,
-        "retrieval": [token_distance(adapter_tokens(run, nearest.directory), target, mask)],
-        "training mean": [token_distance(torch.zeros_like(target), target, mask)],
-    }
+    variants["retrieval"] = scored(render_rows(plan, nearest.directory, prompts, "retrieval"))
+    distances["retrieval"] = [token_distance(adapter_tokens(run, nearest.directory), target, mask)]
+    distances["training mean"] = [token_distance(torch.zeros_like(target), target, mask)]
     if settings.describe is not None:
         words = [p.replace(plan.word, settings.describe) for p in prompts]
     else:
         words = [describe(plan.scorer, references, b, entries[0].look) for b in settings.backgrounds]
-    variants["words"] = score_rows(plan, render_rows(plan, None, words, "words"), reference_features)
+    variants["words"] = scored(render_rows(plan, None, words, "words"))
     times["words"].append(0.0)
-    variants["none"] = score_rows(plan, render_rows(plan, None, prompts, "none"), reference_features)
+    variants["none"] = scored(render_rows(plan, None, prompts, "none"))
     times["none"].append(0.0)
     detail = {
         "subject_id": subject_id,
@@ -339,14 +415,14 @@ def summarise(results: Sequence[SubjectResult]) -> tuple[dict[str, Any], dict[st
     """(per row: each metric's mean ± std over variants and the mean time to an adapter; per adapter kind: its
     distance to the trained adapter). A variant's value is the mean over subjects."""
     table = {}
-    for row in ROWS:
+    for row in (row for row in ROWS if row in results[0].variants):
         per_subject = [r.variants[row] for r in results]
         variants = min(len(v) for v in per_subject)
         entry: dict[str, Any] = {}
         for metric in per_subject[0][0]:
             per_variant = [statistics.fmean(s[k][metric] for s in per_subject) for k in range(variants)]
             entry[metric] = _mean_std(per_variant)
-        times = [t for r in results for t in r.times[row]]
+        times = [t for r in results for t in r.times.get(row, [])]
         entry["time_to_adapter_s"] = statistics.fmean(times) if times else None
         table[row] = entry
     weight_distance = {}

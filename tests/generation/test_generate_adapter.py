@@ -57,7 +57,7 @@ def build_dataset(root, config, per_subject=3, wrapped=False):
             adapters.append(
                 {
                     "name": name,
-                    "subject": subject_id,
+                    "subject": "Q" if split == "heldout" else subject_id,  # a glyph: the shape score renders it
                     "subject_id": subject_id,
                     "split": split,
                     "seed": seed,
@@ -218,7 +218,50 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
     assert "| generated |" in (tmp_path / "report.md").read_text()
     distance = report["weight_distance"]
     assert distance["generated"]["n"] == 2 and distance["retrieval"]["n"] == 1
+    assert distance["generated: nearest training adapter"]["n"] == 2  # the memorisation check
     assert all(0.0 < d["mean"] < 100.0 for d in distance.values())
+    shapes = [row["shape_fidelity"]["mean"] for row in table.values()]  # the held-out subject is a glyph ("Q")
+    assert all(0.0 <= value <= 1.0 for value in shapes) and len(set(shapes)) > 1
+
+
+def test_generation_eval_adds_a_hypernetwork_row(world, tmp_path):
+    run = tmp_path / "hyper"
+    train = ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(run), "--subjects",
+             "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
+             "--images", "4", "--references", "2", "--renders", "2", "--steps", "2", "--batch-size", "2",
+             "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress"]  # fmt: skip
+    runner.main(runner.parse_args(train))
+    args = [
+        "generation-eval", "--dataset", str(world["dataset"]), "--generator", str(world["generator"]),
+        "--output-dir", str(tmp_path / "eval"), "--judge", str(world["judge"]), "--seeds", "0", "--image-seeds", "0",
+        "--sample-steps", "2", "--backgrounds", "plain", "--hypernetworks", f"{run},{run}", "--no-shape",
+    ]  # fmt: skip
+    report = runner.main(runner.parse_args(args))
+    table = report["table"]
+    assert list(table) == ["generated", "hypernetwork", "trained", "retrieval", "words", "none"]
+    assert table["hypernetwork"]["subject_fidelity"]["n"] == 2  # one variant per run
+    assert table["hypernetwork"]["subject_fidelity"]["std"] == 0.0  # the same run twice: the same adapter
+    assert "shape_fidelity" not in table["none"]  # --no-shape
+    assert table["hypernetwork"]["time_to_adapter_s"] < 30
+    written = sorted(p.name for p in (tmp_path / "eval" / "hypernetwork").iterdir())
+    assert written == ["sC-run0", "sC-run1"]
+    assert verify_adapter_dir(tmp_path / "eval" / "hypernetwork" / "sC-run0")[0]["peft_type"] == "SVFIT"
+    distance = report["weight_distance"]
+    assert distance["hypernetwork"]["n"] == 2 and distance["hypernetwork: nearest training adapter"]["n"] == 2
+    assert "| hypernetwork |" in (tmp_path / "eval" / "report.md").read_text()
+    lora = tmp_path / "lora-hyper"
+    shutil.copytree(run, lora)
+    meta = json.loads((lora / "hypernetwork.json").read_text())
+    (lora / "hypernetwork.json").write_text(json.dumps({**meta, "method": "lora"}))
+    before = sorted(p.name for p in (tmp_path / "eval").iterdir())
+    with pytest.raises(ValueError, match="predicts lora adapters"):
+        runner.main(runner.parse_args([*args[:-3], "--hypernetworks", str(lora)]))
+    leaky = tmp_path / "leaky-hyper"
+    shutil.copytree(run, leaky)
+    (leaky / "hypernetwork.json").write_text(json.dumps({**meta, "train_subjects": ["sC", *meta["train_subjects"]]}))
+    with pytest.raises(ValueError, match="among hypernetwork"):
+        runner.main(runner.parse_args([*args[:-3], "--hypernetworks", str(leaky)]))
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == before
 
 
 @pytest.fixture(scope="module")
