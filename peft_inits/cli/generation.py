@@ -4,6 +4,7 @@ python experiments/sd.py train-generator --dataset DIR --output-dir RUN [--featu
 python experiments/sd.py generate-adapter --generator RUN --reference IMG_DIR --method svfit --out DIR
 python experiments/sd.py generation-eval --dataset DIR --generator RUN --output-dir EVAL
 python experiments/sd.py train-hypernetwork --method svfit --output-dir RUN   (`hypernetwork.py`)
+python experiments/sd.py distill-hypernetwork --hypernetwork RUN --dataset DIR --output-dir NEW_DIR
 
 `generate-adapter --generator` takes a generator run or a hypernetwork run.
 """
@@ -72,6 +73,12 @@ def add_parsers(commands) -> None:
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--steps", type=int, default=50, help="DDIM steps")
     _features(generate, defaults=False)
+
+    distill = commands.add_parser("distill-hypernetwork", help="a data set of a hypernetwork's adapters (item 6)")
+    distill.add_argument("--hypernetwork", required=True, help="a train-hypernetwork run")
+    distill.add_argument("--dataset", required=True, help="the adapter data set whose training adapters it replaces")
+    distill.add_argument("--output-dir", required=True, help="the new data set (must not exist)")
+    distill.add_argument("--cache-dir", default=None)
 
     evaluate = commands.add_parser("generation-eval", help="held-out subjects: generated vs trained vs baselines")
     evaluate.add_argument("--dataset", required=True)
@@ -170,9 +177,20 @@ def generation_eval(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def distill_hypernetwork(args: argparse.Namespace) -> Any:
+    from ..generation.distill import distill_dataset
+
+    dataset = distill_dataset(args.hypernetwork, args.dataset, args.output_dir, cache_dir=args.cache_dir)
+    train = dataset.entries("train")
+    print(f"wrote {args.output_dir}: {len(train)} training adapters predicted by {args.hypernetwork}, "
+          f"{len(dataset.entries('heldout'))} held-out adapters kept")  # fmt: skip
+    return dataset
+
+
 COMMANDS = {
     "train-generator": train_generator,
     "generate-adapter": generate_adapter,
     "generation-eval": generation_eval,
+    "distill-hypernetwork": distill_hypernetwork,
     "train-hypernetwork": train_hypernetwork.run,
 }

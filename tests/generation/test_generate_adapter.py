@@ -319,3 +319,48 @@ def test_generation_eval_scores_with_clip_and_dino_for_real_sd(world, encoders, 
     assert report["table"]["none"]["subject_fidelity"]["n"] == 2  # image seeds are the deterministic rows' variants
     with pytest.raises(ValueError, match="needs --describe"):
         runner.main(runner.parse_args([a for a in args if a not in ("--describe", "red square")]))
+
+
+def test_distilled_dataset_holds_the_hypernetworks_adapters_and_trains_a_generator(world, tmp_path):
+    from peft_inits.generation import features as feats
+    from peft_inits.generation.dataset import read_dataset
+    from peft_inits.generation.hypernetwork_run import load_hypernetwork
+    from peft_inits.generation.workflow import load_base
+
+    run_dir = tmp_path / "hyper"
+    train = ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(run_dir), "--subjects",
+             "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
+             "--images", "4", "--references", "2", "--renders", "2", "--steps", "3", "--batch-size", "2",
+             "--eval-every", "3", "--save-every", "3", "--lr", "5e-2", "--no-progress"]  # fmt: skip
+    runner.main(runner.parse_args(train))
+    out = tmp_path / "distilled"
+    args = ["distill-hypernetwork", "--hypernetwork", str(run_dir), "--dataset", str(world["dataset"])]
+    distilled = runner.main(runner.parse_args([*args, "--output-dir", str(out)]))
+    original = read_dataset(world["dataset"])
+    assert [e.name for e in distilled.adapters] == [e.name for e in original.adapters]
+    run = load_hypernetwork(run_dir)
+    sources = run.choice.build(load_base(None))
+    for entry in distilled.entries("train"):  # exactly the hypernetwork's prediction from the entry's references
+        condition = feats.condition(sources, feats.read_references(entry.references_dir))
+        expected = run.states({k: v[None] for k, v in condition.items()})[0]
+        _, tensors = verify_adapter_dir(entry.directory)
+        assert all(torch.equal(tensors[f"base_model.model.{k}"], v) for k, v in expected.items())
+    gains = [verify_adapter_dir(e.directory)[1] for e in distilled.entries("train")]
+    keys = [k for k in gains[0] if k.endswith(".s")]
+    assert any(not torch.equal(gains[0][k], gains[-1][k]) for k in keys)  # conditioned: subjects differ
+    for entry in distilled.entries("heldout"):  # held-out adapters and references are the data set's
+        kept = (entry.directory / "adapter_model.safetensors").read_bytes()
+        assert kept == (world["dataset"] / "adapters" / entry.name / "adapter_model.safetensors").read_bytes()
+    assert json.loads((out / "dataset.json").read_text())["settings"]["distilled_from"]["hypernetwork"] == str(run_dir)
+    meta = runner.main(runner.parse_args(train_args(out, tmp_path / "gen", world["judge"])))
+    assert meta["method"] == "svfit" and meta["train_adapters"] == [e.name for e in distilled.entries("train")]
+
+    with pytest.raises(FileExistsError, match="exists"):
+        runner.main(runner.parse_args([*args, "--output-dir", str(out)]))
+    leaky = tmp_path / "leaky"
+    shutil.copytree(run_dir, leaky)
+    meta = json.loads((leaky / "hypernetwork.json").read_text())
+    (leaky / "hypernetwork.json").write_text(json.dumps({**meta, "train_subjects": ["sC"]}))
+    with pytest.raises(ValueError, match="would leak"):
+        runner.main(runner.parse_args([*args[:2], str(leaky), *args[3:], "--output-dir", str(tmp_path / "none")]))
+    assert not (tmp_path / "none").exists()
