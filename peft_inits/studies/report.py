@@ -150,11 +150,12 @@ def write_task_files(
     """`<task>.md` (table, verdicts, the protocol's numbers) and `<task>_curves.png`."""
     verdicts = "\n".join(f"- {v}" for v in summary["verdicts"])
     budget = task.budget
+    relation = f"{THRESHOLD:.0%} of" if task.val_greater_is_better else f"within {1 / THRESHOLD - 1:.1%} of"
     text = (
         f"## {task.name}: {task.description}\n\n"
         f"Budget (every method): {budget.steps} steps × batch {budget.batch_size}; selection on validation "
         f"{task.val_metric} at the last step; test {task.test_metric} × {task.scale:g} ({task.unit}); steps to "
-        f"threshold: first validation record reaching {summary['threshold']:.4g} ({THRESHOLD:.0%} of the reference's "
+        f"threshold: first validation record reaching {summary['threshold']:.4g} ({relation} the reference's "
         f"mean best validation {task.val_metric}).\n\n{table(task, summary)}\n\n{verdicts}\n"
     )
     md = out / f"{task.name}.md"
