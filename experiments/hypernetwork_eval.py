@@ -32,11 +32,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from peft_inits.checkpoint import verify_adapter_dir
 from peft_inits.cli import args as cli
 from peft_inits.generation import features as feats
 from peft_inits.generation.dataset import Subject
-from peft_inits.generation.entries import WRAPPER_PREFIX, training_data
+from peft_inits.generation.entries import training_data
+from peft_inits.generation.hypernetwork_basis import adapter_vector
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.generation.workflow import Base, check_base, model_folder
 from peft_inits.glyph.shape_fidelity import plain_references, shape_fidelity
@@ -56,11 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="at most this many held-out subjects")
     parser.add_argument("--cache-dir", default="runs/cache")
     return parser.parse_args(argv)
-
-
-def _vector(directory: Path, keys: list[str]) -> torch.Tensor:
-    _, tensors = verify_adapter_dir(directory)
-    return torch.cat([tensors[WRAPPER_PREFIX + key].double().flatten() for key in keys])
 
 
 def _paired(a: list[float], b: list[float]) -> dict[str, float]:
@@ -148,7 +143,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         seeds = len(args.image_seeds)
         return [images[i * seeds : (i + 1) * seeds] for i in range(len(prompts))]
 
-    vectors_bank = {s: _vector(bank[s].directory, runs[0].keys) for s in names}
+    vectors_bank = {s: adapter_vector(bank[s].directory, runs[0].keys) for s in names}
     if retrieval:
         stacked = torch.stack(list(vectors_bank.values()))
         mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
@@ -171,7 +166,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         condition = {k: v[None] for k, v in feats.condition(sources, references).items()}
         feature_s = time.perf_counter() - began
-        own = torch.stack([_vector(e.directory, runs[0].keys) for e in entries]).mean(0)
+        own = torch.stack([adapter_vector(e.directory, runs[0].keys) for e in entries]).mean(0)
         adapters: dict[str, Path | None] = {}
         for k, run in enumerate(runs):
             began = time.perf_counter()
@@ -180,7 +175,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             times.append(feature_s + time.perf_counter() - began)
             adapters[f"hypernetwork-{k}"] = directory
             if retrieval:
-                vector = _vector(directory, run.keys)
+                vector = adapter_vector(directory, run.keys)
                 nearest = min(distance(vector, v) for v in vectors_bank.values())
                 distances.setdefault("hypernetwork: to own trained", []).append(distance(vector, own))
                 distances.setdefault("hypernetwork: to nearest training adapter", []).append(nearest)
