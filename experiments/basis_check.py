@@ -8,9 +8,9 @@ The hypernetwork run gives the slot order, the adapter's init and the basis it w
 the one the run's basis came from) gives the adapters. Reports, with no sampling:
 
 - per trained tensor kind (the last part of the saved key, e.g. LoRA's lora_A / lora_B): RMS of the init, of the
-  training adapters' change from the init, and of the difference between two training adapters. Adapters trained
-  from one init stay near it in A when the A-change is small against the init: one shared gauge, so a PCA over
-  (A, B) compares like with like;
+  training adapters' change from the init, and of the difference between two training adapters, and for a nonzero
+  init each adapter's cosine with it. Adapters trained from one random A keep a high cosine with it (two independent
+  random inits have cosine ≈ 0): they share that A's gauge, so a PCA over (A, B) compares like with like;
 - for each k: the share of the training adapters' variance (around their mean) in the top-k directions, and the
   share of the *held-out* adapters' deviation from the training mean that the same k directions capture (the held-out
   adapters are read here only to evaluate the basis, never to fit it);
@@ -70,6 +70,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             "change_from_init_rms": rms(train[:, index] - init[index]),
             "between_adapters_rms": rms(train[1:, index] - train[:-1, index]),
         }
+        if float(init[index].norm()) > 0:  # a random init: trained copies of one init stay correlated with it
+            cosine = torch.nn.functional.cosine_similarity(train[:, index], init[index][None], dim=1)
+            gauge[kind]["cosine_with_init"] = {"mean": float(cosine.mean()), "min": float(cosine.min())}
     mean = train.mean(0)
     _, S, Vh = torch.linalg.svd(train - mean, full_matrices=False)
     total = float(S.square().sum())
