@@ -9,7 +9,9 @@ checked), rows on the same prompts and image seeds:
 - `hypernetwork` (one per run, i.e. per training seed): the adapter predicted from the subject's references;
 - `retrieval`: the data set's adapter of the training subject whose reference features are nearest (cosine over the
   hypernetwork's normalised features), restricted to the hypernetwork's own training subjects;
-- `trained`: the subject's own trained adapters (split `heldout`); `none`: the base model.
+- `trained`: the subject's own trained adapters (split `heldout`); `none`: the base model;
+- with `--mean-row`, `training mean`: the mean of the retrieval bank's adapters (what a hypernetwork with an output
+  basis and its shift predicts before training; docs/hypernetwork_lora_basis.md).
 
 Two subject-fidelity scores: the judge's (pairwise cosine of judge features, sample vs the subject's references, as
 `generation-eval`) and glyph shape (`diffusion.shape_fidelity`: canonical foreground-mask IoU of the plain-background
@@ -55,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-guidance", type=float, default=4.0)
     parser.add_argument("--limit", type=int, default=None, help="at most this many held-out subjects")
     parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--mean-row", action="store_true", help="also sample the training adapters' mean")
     return parser.parse_args(argv)
 
 
@@ -147,6 +150,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if retrieval:
         stacked = torch.stack(list(vectors_bank.values()))
         mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
+    mean_adapter = None
+    if args.mean_row:
+        if not retrieval:
+            raise ValueError("--mean-row needs the data set's training adapters (the retrieval bank)")
+        info = {"row": "training mean", "adapters": len(names)}
+        mean_adapter = runs[0].write(runs[0].state_of(mean.float()), out / "adapters" / "training-mean", info)
 
     def distance(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((((a - b) / std) ** 2).mean().sqrt())
@@ -186,6 +195,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             adapters["retrieval"] = bank[retrieved].directory
             distances.setdefault("retrieval: to own trained", []).append(distance(vectors_bank[retrieved], own))
             distances.setdefault("training mean: to own trained", []).append(distance(mean, own))
+        if mean_adapter is not None:
+            adapters["training mean"] = mean_adapter
         for index, entry in enumerate(entries):
             adapters[f"trained-{index}"] = entry.directory
         adapters["none"] = None
@@ -225,7 +236,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     hyper = per_subject["hypernetwork (mean over seeds)"]
     paired = {
         f"hypernetwork vs {other}": {m: _paired(hyper[m], per_subject[other][m]) for m in ("judge", "shape")}
-        for other in ("none", "retrieval", "trained")
+        for other in ("none", "retrieval", "trained", "training mean")
         if other in per_subject
     }
     paired["trained vs none"] = {

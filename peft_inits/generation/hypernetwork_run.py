@@ -36,15 +36,15 @@ class HypernetworkRun(RecordedRun):
     @torch.no_grad()
     def states(self, conditions: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         """A complete saved state (the template with every trained tensor predicted) per row of raw `conditions`."""
-        values = self.net(conditions)
-        out = []
-        for row in values:
-            state = dict(self.template)
-            parts = self.net.slots.split(row[None])
-            for name, key in zip(self.net.slots.names, self.keys, strict=True):
-                state[key] = parts[name][0].to(self.template[key].dtype).contiguous()
-            out.append(state)
-        return out
+        return [self.state_of(row) for row in self.net(conditions)]
+
+    def state_of(self, values: Tensor) -> dict[str, Tensor]:
+        """The template with its trained tensors set from one vector of values (P,), in the slots' order."""
+        state = dict(self.template)
+        parts = self.net.slots.split(values[None])
+        for name, key in zip(self.net.slots.names, self.keys, strict=True):
+            state[key] = parts[name][0].to(self.template[key].dtype).contiguous()
+        return state
 
     def write(self, state: Mapping[str, Tensor], out: str | Path, info: Mapping[str, Any]) -> Path:
         """A normal adapter directory (PEFT layout, checksummed) plus `generated.json`."""
