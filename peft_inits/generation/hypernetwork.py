@@ -183,10 +183,6 @@ class Hypernetwork(nn.Module):
             return self.init + self.shift + out @ self.basis
         return self.init + out
 
-    def output_basis(self) -> OutputBasis | None:
-        """The basis and shift this network holds (None: it predicts every value directly)."""
-        return OutputBasis(self.basis, self.shift) if self.has_basis else None
-
 
 def feature_stats(conditions: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
     """Per source: mean and std over the training subjects (a constant dimension keeps std 1)."""
