@@ -9,7 +9,9 @@ checked), rows on the same prompts and image seeds:
 - `hypernetwork` (one per run, i.e. per training seed): the adapter predicted from the subject's references;
 - `retrieval`: the data set's adapter of the training subject whose reference features are nearest (cosine over the
   hypernetwork's normalised features), restricted to the hypernetwork's own training subjects;
-- `trained`: the subject's own trained adapters (split `heldout`); `none`: the base model.
+- `trained`: the subject's own trained adapters (split `heldout`); `none`: the base model;
+- with `--mean-row`, `training mean`: the mean of the retrieval bank's adapters (what a hypernetwork with an output
+  basis and its shift predicts before training; docs/hypernetwork_lora_basis.md).
 
 Two subject-fidelity scores: the judge's (pairwise cosine of judge features, sample vs the subject's references, as
 `generation-eval`) and glyph shape (`diffusion.shape_fidelity`: canonical foreground-mask IoU of the plain-background
@@ -40,10 +42,10 @@ from peft_inits.generation.heldout import (
     HeldoutSampler,
     Retrieval,
     SubjectScorer,
-    adapter_vector,
     mean_sem,
-    paired,
 )
+from peft_inits.generation.heldout import paired as paired_difference
+from peft_inits.generation.hypernetwork_basis import adapter_vector
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.generation.workflow import Base, check_base, model_folder
 
@@ -59,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-guidance", type=float, default=4.0)
     parser.add_argument("--limit", type=int, default=None, help="at most this many held-out subjects")
     parser.add_argument("--cache-dir", default="runs/cache")
+    parser.add_argument("--mean-row", action="store_true", help="also sample the training adapters' mean")
     return parser.parse_args(argv)
 
 
@@ -99,6 +102,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if retrieval is not None:
         stacked = torch.stack(list(vectors_bank.values()))
         mean, std = stacked.mean(0), stacked.std(0).clamp_min(1e-12)
+    mean_adapter = None
+    if args.mean_row:
+        if not retrieval:
+            raise ValueError("--mean-row needs the data set's training adapters (the retrieval bank)")
+        info = {"row": "training mean", "adapters": len(names)}
+        mean_adapter = runs[0].write(runs[0].state_of(mean.float()), out / "adapters" / "training-mean", info)
 
     def distance(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((((a - b) / std) ** 2).mean().sqrt())
@@ -136,6 +145,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             adapters["retrieval"] = bank[retrieved].directory
             distances.setdefault("retrieval: to own trained", []).append(distance(vectors_bank[retrieved], own))
             distances.setdefault("training mean: to own trained", []).append(distance(mean, own))
+        if mean_adapter is not None:
+            adapters["training mean"] = mean_adapter
         for index, entry in enumerate(entries):
             adapters[f"trained-{index}"] = entry.directory
         adapters["none"] = None
@@ -165,11 +176,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_means = {m: [statistics.fmean(scores[r][m]) for r in hyper_rows] for m in SCORES}
     hyper = per_subject["hypernetwork (mean over seeds)"]
     paired = {
-        f"hypernetwork vs {other}": {m: paired(hyper[m], per_subject[other][m]) for m in SCORES}
-        for other in ("none", "retrieval", "trained")
+        f"hypernetwork vs {other}": {m: paired_difference(hyper[m], per_subject[other][m]) for m in SCORES}
+        for other in ("none", "retrieval", "trained", "training mean")
         if other in per_subject
     }
-    paired["trained vs none"] = {m: paired(per_subject["trained"][m], per_subject["none"][m]) for m in SCORES}
+    paired["trained vs none"] = {
+        m: paired_difference(per_subject["trained"][m], per_subject["none"][m]) for m in SCORES
+    }
     report = {
         "dataset": str(dataset.root),
         "hypernetworks": [str(r.root) for r in runs],

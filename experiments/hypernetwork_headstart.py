@@ -33,8 +33,9 @@ from peft_inits.diffusion.objective import Frozen
 from peft_inits.generation import dataset as D
 from peft_inits.generation import features as feats
 from peft_inits.generation.builder import Chunk, Job, _eval_losses, population_noise_loss
-from peft_inits.generation.heldout import SCORES, HeldoutSampler, Retrieval, SubjectScorer, adapter_vector, mean_sem
+from peft_inits.generation.heldout import SCORES, HeldoutSampler, Retrieval, SubjectScorer, mean_sem
 from peft_inits.generation.heldout import paired as paired_difference
+from peft_inits.generation.hypernetwork_basis import adapter_vector
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.generation.hypernetwork_training import attach
 from peft_inits.generation.workflow import Base, check_base, model_folder

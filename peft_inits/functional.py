@@ -124,6 +124,26 @@ def energy_rank(singular_values: Tensor, threshold: float) -> int:
     return int(reached[0]) + 1 if len(reached) else len(singular_values)
 
 
+def principal_basis(X: Tensor, k: int, whiten: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """The top-k principal directions of the rows of X (N × P): (mean (P,), basis (k × P), std (k,)).
+
+    basis rows are the right singular vectors of the centred X, ordered by variance; std_j = σ_j / √(N − 1) is the
+    standard deviation of the rows along direction j. With `whiten` each row is scaled by its std, so that a unit
+    coefficient moves one standard deviation of the data along that direction (one step size suits every k).
+    At k ≥ rank of the centred X, mean + c @ basis reproduces every row exactly (c = its projection).
+    """
+    if X.ndim != 2 or len(X) < 2:
+        raise ValueError(f"principal directions need an (N, P) matrix with N >= 2 rows, got {tuple(X.shape)}")
+    if not 1 <= k <= min(len(X) - 1, X.shape[1]):
+        raise ValueError(f"basis size must be in [1, {min(len(X) - 1, X.shape[1])}] (N − 1 = {len(X) - 1} centred "
+                         f"rows of width {X.shape[1]}), got {k}")  # fmt: skip
+    mean = X.mean(0)
+    _, S, Vh = torch.linalg.svd(X - mean, full_matrices=False)
+    std = S[:k] / math.sqrt(len(X) - 1)
+    basis = Vh[:k] * std[:, None] if whiten else Vh[:k]
+    return mean, basis.contiguous(), std
+
+
 # --------------------------------------------------------------------------------------------------- LDU (LoLDU)
 
 PIVOTINGS = ("partial", "rook", "complete")

@@ -3,6 +3,8 @@ denoising loss on the glyph pool's subjects (docs/adapter_generation.md, "End-to
 
     python experiments/sd.py train-hypernetwork --method svfit --output-dir runs/hyper-svfit \
         [--subjects 120 --heldout 24] [--features judge,vae] [--steps 1500 --batch-size 16 --lr 1e-3]
+    python experiments/sd.py train-hypernetwork --method lora --basis-dataset runs/data/adapters-lora \
+        --basis-size 64 --output-dir runs/hyper-lora       # LoRA through its data set's principal directions
     python experiments/sd.py generate-adapter --generator runs/hyper-svfit --reference IMG_DIR --out ADAPTER
 
 Training subjects are the first `--subjects` of the glyph pool and the held-out (validation) subjects its last
@@ -30,6 +32,7 @@ HYPERNET_TRAINING_FLAGS = ("steps", "batch_size", "lr", "weight_decay", "warmup"
 
 def add_parser(commands) -> argparse.ArgumentParser:
     from ..generation.hypernetwork import HypernetSettings
+    from ..generation.hypernetwork_basis import BasisSettings
 
     parser = commands.add_parser(
         "train-hypernetwork", help="train a hypernetwork (references → adapter) through the denoising loss"
@@ -49,6 +52,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
     group.add_argument("--cache-dir", default=DEFAULT_CACHE, help="judge and shipped model cache")
     group.add_argument("--image-encoder", default=None, help="local CLIP vision / DINO checkpoint folder")
     add_settings_flags(parser.add_argument_group("hypernetwork"), HypernetSettings)
+    add_settings_flags(parser.add_argument_group("output basis (docs/hypernetwork_lora_basis.md)"), BasisSettings)
     run = parser.add_argument_group("training (--batch-size: subjects per step)")
     add_settings_flags(run, TrainSettings, defaults=HYPERNET_TRAINING, only=HYPERNET_TRAINING_FLAGS)
     run.add_argument("--resume", action="store_true")
@@ -60,6 +64,7 @@ def add_parser(commands) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from ..generation import dataset as D
     from ..generation.hypernetwork import HypernetSettings
+    from ..generation.hypernetwork_basis import BasisSettings
     from ..generation.hypernetwork_training import train_hypernetwork
     from ..generation.workflow import FeatureChoice
 
@@ -72,9 +77,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     choice = FeatureChoice(tuple(args.features), args.judge, args.cache_dir, args.image_encoder)
     meta = train_hypernetwork(args.output_dir, train=train, heldout=heldout, adapter=adapter, choice=choice,
                               settings=settings, train_settings=train_settings, model=args.model,
-                              resume=args.resume, overwrite=args.overwrite)  # fmt: skip
+                              resume=args.resume, overwrite=args.overwrite,
+                              basis=settings_from_args(BasisSettings, args))  # fmt: skip
     sizes, best = meta["sizes"], meta["summary"]["best"] or {}
     print(f"hypernetwork {args.output_dir}: {meta['method']}, {sizes['parameters']:,} parameters → "
-          f"{sizes['predicted_values']} values, best val_loss {best.get('value')} at step {best.get('step')}, "
-          f"{meta['wall_time_s']:.0f} s")  # fmt: skip
+          f"{sizes['predicted_values']} values ({sizes['outputs']} outputs), best val_loss {best.get('value')} at "
+          f"step {best.get('step')}, {meta['wall_time_s']:.0f} s")  # fmt: skip
     return meta

@@ -18,14 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..checkpoint import verify_adapter_dir
 from ..diffusion.composition import Placement, apply_placements, load_named_adapter
 from ..diffusion.metrics import JudgeScorer, subject_fidelity
 from ..diffusion.sampling import generate_batched
 from ..glyph.shape_fidelity import plain_references, shape_fidelity
 from ..glyph.world import BACKGROUNDS
 from .dataset import Subject
-from .entries import WRAPPER_PREFIX
 from .hypernetwork_run import HypernetworkRun
 
 SHAPE_SEED = 778  # plain-background references for the shape score: a stream no training or reference image uses
@@ -83,12 +81,6 @@ class SubjectScorer:
             "judge": subject_fidelity(self.judge.features(flat), self.reference_features),
             "shape": shape_fidelity(images[0], self.shape_references),
         }
-
-
-def adapter_vector(directory: Path, keys: Sequence[str]) -> Tensor:
-    """An adapter directory's trained tensors (saved names `keys`), concatenated in float64."""
-    _, tensors = verify_adapter_dir(directory)
-    return torch.cat([tensors[WRAPPER_PREFIX + key].double().flatten() for key in keys])
 
 
 class Retrieval:

@@ -4,6 +4,8 @@ frozen model's own loss (HyperLoRA-style, arXiv 2503.16944; issue 22).
 What it predicts is what the method's weights class declares trainable — SVFit's `s`, LoLDU's `z`, LoRA's A and B —
 read from a `Population` of the model's adapter, so no code names a method. The output is an offset from the
 adapter's initial values (the last layer starts at zero: an untrained hypernetwork is the method's standard init).
+With an `OutputBasis` (e.g. the principal directions of an adapter data set, for LoRA's many values; see
+`hypernetwork_basis`) the MLP outputs k coefficients c instead and the values are init + shift + c @ basis.
 
 Training couples it to the population mechanism: a batch holds K subjects, slot k of the population serves subject k,
 and the K predicted value sets replace the population's stacked copies (`Population.substitute`) for one forward of
@@ -17,6 +19,7 @@ population's own copies stay frozen).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -81,10 +84,44 @@ class Slots:
         return out
 
 
+@dataclass(frozen=True)
+class OutputBasis:
+    """A fixed linear output space of the hypernetwork: values = init + shift + coefficients @ basis.
+
+    basis (k, P) and shift (P,) are buffers of the network (saved with its weights, never trained)."""
+
+    basis: Tensor
+    shift: Tensor
+
+    def __post_init__(self) -> None:
+        if self.basis.ndim != 2 or self.shift.shape != (self.basis.shape[1],):
+            raise ValueError(f"an output basis is (k, P) with a shift (P,), got {tuple(self.basis.shape)} and "
+                             f"{tuple(self.shift.shape)}")  # fmt: skip
+        if not (bool(torch.isfinite(self.basis).all()) and bool(torch.isfinite(self.shift).all())):
+            raise ValueError("the output basis or its shift holds inf/NaN")
+
+    @property
+    def size(self) -> int:
+        return int(self.basis.shape[0])
+
+    def digest(self) -> str:
+        """sha256 of the float32 bytes of basis and shift: a run records it and checks it on load and resume."""
+        return basis_digest(self.basis, self.shift)
+
+
+def basis_digest(basis: Tensor, shift: Tensor) -> str:
+    """sha256 of the float32 bytes of `basis` then `shift`."""
+    digest = hashlib.sha256()
+    for tensor in (basis, shift):
+        digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class Hypernetwork(nn.Module):
     """Normalised features of every source, concatenated → MLP → offsets of the trained values from their init.
 
-    The feature statistics (training subjects' mean and std per dimension) are buffers, saved with the weights."""
+    The feature statistics (training subjects' mean and std per dimension) are buffers, saved with the weights; so are
+    an output basis and its shift when one is given (the MLP then outputs its k coefficients)."""
 
     def __init__(
         self,
@@ -92,6 +129,7 @@ class Hypernetwork(nn.Module):
         slots: Slots,
         stats: Mapping[str, tuple[Tensor, Tensor]] | None = None,
         settings: HypernetSettings | None = None,
+        basis: OutputBasis | None = None,
     ) -> None:
         super().__init__()
         settings = settings or HypernetSettings()
@@ -102,12 +140,21 @@ class Hypernetwork(nn.Module):
             self.register_buffer(f"mean_{index}", mean.float().clone())
             self.register_buffer(f"std_{index}", std.float().clone())
         self.register_buffer("init", slots.init.clone())
+        outputs = slots.size
+        if basis is not None:
+            if basis.basis.shape[1] != slots.size:
+                raise ValueError(f"the output basis spans {basis.basis.shape[1]} values but the adapter trains "
+                                 f"{slots.size}: a basis of another method or configuration")  # fmt: skip
+            self.register_buffer("basis", basis.basis.float().clone())
+            self.register_buffer("shift", basis.shift.float().clone())
+            outputs = basis.size
+        self.has_basis = basis is not None
         layers: list[nn.Module] = []
         width = sum(dims.values())
         for _ in range(settings.depth):
             layers += [nn.Linear(width, settings.hidden), nn.SiLU()]
             width = settings.hidden
-        last = nn.Linear(width, slots.size)
+        last = nn.Linear(width, outputs)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.mlp = nn.Sequential(*layers, last)
@@ -131,7 +178,10 @@ class Hypernetwork(nn.Module):
 
     def forward(self, conditions: Mapping[str, Tensor]) -> Tensor:
         """(B, P): the trained values for each row of raw (unnormalised) `conditions` (name → (B, D))."""
-        return self.init + self.scale * self.mlp(self.normalised(conditions))
+        out = self.scale * self.mlp(self.normalised(conditions))
+        if self.has_basis:
+            return self.init + self.shift + out @ self.basis
+        return self.init + out
 
 
 def feature_stats(conditions: Mapping[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:

@@ -20,7 +20,7 @@ from torch import Tensor
 from ..checkpoint import load_tensors, read_json_object, write_adapter_dir
 from . import features as feats
 from .entries import WRAPPER_PREFIX
-from .hypernetwork import HypernetSettings, Hypernetwork, Slots
+from .hypernetwork import HypernetSettings, Hypernetwork, OutputBasis, Slots, basis_digest
 from .hypernetwork_training import FORMAT, META
 from .representation import LayerLayout, layout_from_json
 from .workflow import FeatureChoice, RecordedRun, check_base, load_base
@@ -36,15 +36,15 @@ class HypernetworkRun(RecordedRun):
     @torch.no_grad()
     def states(self, conditions: Mapping[str, Tensor]) -> list[dict[str, Tensor]]:
         """A complete saved state (the template with every trained tensor predicted) per row of raw `conditions`."""
-        values = self.net(conditions)
-        out = []
-        for row in values:
-            state = dict(self.template)
-            parts = self.net.slots.split(row[None])
-            for name, key in zip(self.net.slots.names, self.keys, strict=True):
-                state[key] = parts[name][0].to(self.template[key].dtype).contiguous()
-            out.append(state)
-        return out
+        return [self.state_of(row) for row in self.net(conditions)]
+
+    def state_of(self, values: Tensor) -> dict[str, Tensor]:
+        """The template with its trained tensors set from one vector of values (P,), in the slots' order."""
+        state = dict(self.template)
+        parts = self.net.slots.split(values[None])
+        for name, key in zip(self.net.slots.names, self.keys, strict=True):
+            state[key] = parts[name][0].to(self.template[key].dtype).contiguous()
+        return state
 
     def write(self, state: Mapping[str, Tensor], out: str | Path, info: Mapping[str, Any]) -> Path:
         """A normal adapter directory (PEFT layout, checksummed) plus `generated.json`."""
@@ -73,8 +73,13 @@ def load_hypernetwork(run_dir: str | Path) -> HypernetworkRun:
     names, shapes, keys = zip(*[(n, tuple(s), k) for n, s, k in meta["slots"]], strict=True)
     size = sum(int(torch.Size(s).numel()) for s in shapes)
     slots = Slots(tuple(names), tuple(shapes), torch.zeros(size))
-    net = Hypernetwork(meta["feature_dims"], slots, None, HypernetSettings(**meta["hypernetwork"]))
+    recorded = meta.get("basis")
+    basis = OutputBasis(torch.zeros(int(recorded["size"]), size), torch.zeros(size)) if recorded else None
+    net = Hypernetwork(meta["feature_dims"], slots, None, HypernetSettings(**meta["hypernetwork"]), basis)
     net.load_state_dict(load_tensors(root / "weights" / "model.safetensors"))
+    if recorded and basis_digest(net.basis, net.shift) != recorded.get("digest"):
+        raise ValueError(f"{root / 'weights' / 'model.safetensors'}: its output basis is not the one "
+                         f"{path} records (digest mismatch); the run folder is inconsistent")  # fmt: skip
     template = load_tensors(root / "template.safetensors")
     missing = [k for k in keys if k not in template]
     if missing:

@@ -10,7 +10,9 @@ adapter of an adapter data set is trained). Validation: the held-out subjects' l
 The run goes through `training.run.execute` (checkpoints, exact resume, tqdm, metrics.jsonl); afterwards the
 folder also holds `hypernetwork.json` (what it predicts and for which base), `template.safetensors` (the adapter's
 saved tensors at init: fingerprints and frozen factors every predicted adapter reuses) and `conditions.safetensors`
-(the training subjects' raw features, for retrieval).
+(the training subjects' raw features, for retrieval). With a `BasisSettings` data set the network predicts
+coefficients of that data set's principal directions (`hypernetwork_basis`); the basis is checked and fitted before
+anything is written, saved in the weights and recorded (with its digest) in `hypernetwork.json`.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from ..training.settings import AdapterSettings, TrainSettings
 from . import features as feats
 from .entries import WRAPPER_PREFIX
 from .hypernetwork import HypernetSettings, Hypernetwork, Slots, feature_stats, hypernetwork_task
+from .hypernetwork_basis import BasisSettings, basis_source, fit_basis
 from .representation import SAVED_INFIX, LayerLayout, discover_layout, layout_to_json
 from .workflow import Base, FeatureChoice, model_folder
 
@@ -158,9 +161,10 @@ def train_hypernetwork(
     model: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    basis: BasisSettings | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a hypernetwork for `adapter` on `model` ('glyph-t2i', 'tiny' or a diffusers folder);
-    returns what `hypernetwork.json` records."""
+    """Train (or resume) a hypernetwork for `adapter` on `model` ('glyph-t2i', 'tiny' or a diffusers folder),
+    through `basis`'s output basis when it names a data set; returns what `hypernetwork.json` records."""
     from ..diffusion.models import load_pipeline
     from ..diffusion.objective import Frozen
     from ..training.loop import make_accelerator
@@ -172,6 +176,8 @@ def train_hypernetwork(
         raise ValueError(f"training and held-out subjects overlap ({', '.join(overlap[:5])}); they must be disjoint")
     if len(train) < train_settings.batch_size:
         raise ValueError(f"{len(train)} training subjects, fewer than one batch of {train_settings.batch_size}")
+    source = basis_source(basis, method=adapter.method, heldout=[s.subject_id for s in heldout],
+                          init_seed=adapter.init_seed)  # fmt: skip
     started = time.perf_counter()
     pipe = load_pipeline(model_folder(model, choice.cache_dir or "runs/cache"))
     resolution = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -181,6 +187,10 @@ def train_hypernetwork(
     sources = choice.build(Base(pipe.unet, pipe.vae, resolution, model))
     attached = attach(pipe.unet.to(device), adapter, train_settings.batch_size)
     try:
+        output_basis, basis_info = None, None
+        if source is not None:
+            output_basis, basis_info = fit_basis(source, attached.slots, attached.keys, attached.template,
+                                                 attached.layout, pipe.unet)  # fmt: skip
         data = [denoising_subjects(group, frozen, sources, attached.unet, settings, resolution, prediction)
                 for group in (train, heldout) if group]  # fmt: skip
         train_data, heldout_data = data[0], (data[1] if len(data) > 1 else None)
@@ -198,9 +208,11 @@ def train_hypernetwork(
             "train_subjects": [s.subject_id for s in train],
             "heldout_subjects": [s.subject_id for s in heldout],
         }))  # fmt: skip
+        if basis_info is not None:  # a run without a basis keeps the config it had before bases existed
+            run_config["basis"] = {k: basis_info[k] for k in ("dataset", "size", "whiten", "digest")}
         summary = execute(
             output_dir=output_dir,
-            build_model=lambda: Hypernetwork(dims, attached.slots, stats, settings),
+            build_model=lambda: Hypernetwork(dims, attached.slots, stats, settings, output_basis),
             adapter=AdapterSettings(method="full", head_modules=[]),
             train_settings=train_settings,
             task=task,
@@ -213,7 +225,7 @@ def train_hypernetwork(
     root = Path(output_dir)
     save_tensors(attached.template, root / "template.safetensors")
     save_tensors({k: v.contiguous() for k, v in train_data.conditions.items()}, root / "conditions.safetensors")
-    net = Hypernetwork(dims, attached.slots, stats, settings)
+    net = Hypernetwork(dims, attached.slots, stats, settings, output_basis)
     slot_columns = (attached.slots.names, attached.slots.shapes, attached.keys)
     meta = {
         "format": FORMAT,
@@ -226,11 +238,13 @@ def train_hypernetwork(
         "features": asdict(choice),
         "feature_dims": dims,
         "hypernetwork": asdict(settings),
+        "basis": basis_info,
         "train_subjects": [s.subject_id for s in train],
         "heldout_subjects": [s.subject_id for s in heldout],
         "sizes": {
             "parameters": sum(p.numel() for p in net.parameters()),
             "predicted_values": attached.slots.size,
+            "outputs": output_basis.size if output_basis is not None else attached.slots.size,
             "weights_bytes": (root / "weights" / "model.safetensors").stat().st_size,
             "template_bytes": (root / "template.safetensors").stat().st_size,
         },
