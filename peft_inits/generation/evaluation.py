@@ -46,7 +46,6 @@ from .entries import training_data
 from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
 ROWS = ("generated", "hypernetwork", "trained", "retrieval", "words", "none")
-SHAPE_SEED = 778  # as generation.heldout: plain renders of the subject no training or reference image uses
 
 
 @dataclass(frozen=True)
@@ -321,7 +320,7 @@ def _pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
 def _shape_references(plan: EvalPlan, entry: DatasetEntry, size: int) -> list | None:
     """Plain renders of a glyph-world subject for the shape score; None without a plain prompt or for a subject the
     glyph world cannot render (e.g. a real-SD data set)."""
-    from ..glyph.shape_fidelity import plain_references
+    from ..glyph.shape_fidelity import REFERENCE_SEED, plain_references
     from ..glyph.world import attribute_values
 
     look = entry.look or {}
@@ -329,7 +328,7 @@ def _shape_references(plan: EvalPlan, entry: DatasetEntry, size: int) -> list | 
     if plan.plain is None or not known or len(entry.subject) != 1:
         return None
     subject = Subject(entry.subject_id, entry.subject, look["family"], look["variant"], look["colour"])
-    return list(plain_references(subject, 8, size, SHAPE_SEED))
+    return list(plain_references(subject, 8, size, REFERENCE_SEED))
 
 
 def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:

@@ -21,12 +21,11 @@ from torch import Tensor
 from ..diffusion.composition import Placement, apply_placements, load_named_adapter
 from ..diffusion.metrics import JudgeScorer, subject_fidelity
 from ..diffusion.sampling import generate_batched
-from ..glyph.shape_fidelity import plain_references, shape_fidelity
+from ..glyph.shape_fidelity import REFERENCE_SEED, plain_references, shape_fidelity
 from ..glyph.world import BACKGROUNDS
 from .dataset import Subject
 from .hypernetwork_run import HypernetworkRun
 
-SHAPE_SEED = 778  # plain-background references for the shape score: a stream no training or reference image uses
 SCORES = ("judge", "shape")
 
 
@@ -73,7 +72,7 @@ class SubjectScorer:
     def __init__(self, judge: JudgeScorer, subject: Subject, references: Sequence, resolution: int) -> None:
         self.judge = judge
         self.reference_features = judge.features(list(references))
-        self.shape_references = list(plain_references(subject, 8, resolution, SHAPE_SEED))
+        self.shape_references = list(plain_references(subject, 8, resolution, REFERENCE_SEED))
 
     def score(self, images: list[list]) -> dict[str, float]:
         flat = [image for row in images for image in row]

@@ -85,6 +85,9 @@ def shape_fidelity(samples: Sequence[Any], references: Sequence[Any], threshold:
     return float(np.mean(scores))
 
 
+REFERENCE_SEED = 778  # the plain renders a sample is scored against: a stream no training or reference image uses
+
+
 def plain_references(subject: Any, count: int, size: int, seed: int) -> np.ndarray:
     """`count` renders of a glyph subject (`generation.dataset.Subject`: glyph, family, variant, colour) on the plain
     background, with the world's jitter (`seed`: a stream no training image uses)."""
