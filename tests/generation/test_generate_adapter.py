@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import get_peft_model_state_dict
 from PIL import Image
-from runner_helpers import assert_bad_references_refused
+from runner_helpers import Crash, assert_bad_references_refused, crash_at, tiny_hypernetwork_args
 from tiny_models import save_tiny_clip_and_dino
 
 from peft_inits import LoLDUConfig, LoRAConfig, SVFitConfig
@@ -19,7 +19,6 @@ from peft_inits.diffusion.composition import load_named_adapter
 from peft_inits.diffusion.tiny import tiny_pipeline
 from peft_inits.glyph.judge import Judge, save_judge
 from peft_inits.training.rundir import read_records, without_timing
-from peft_inits.training.sampler import StepSampler
 
 COLOURS = {"sA": (220, 40, 40), "sB": (40, 80, 230), "sC": (200, 60, 60)}  # sC: held out, A-like
 
@@ -159,18 +158,11 @@ def test_bad_inputs_are_named(world, tmp_path):
 
 
 def test_resume_reproduces_the_uninterrupted_run(world, tmp_path):
-    original, calls = StepSampler.indices, {"n": 0}
-
-    def indices(self, index):
-        if index == 8:
-            raise KeyboardInterrupt("killed")
-        return original(self, index)
-
     killed = tmp_path / "gen"
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(StepSampler, "indices", indices)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 8)
         runner.main(runner.parse_args(train_args(world["dataset"], killed, world["judge"])))
-    assert calls["n"] == 0 and not (killed / "generator.json").exists()
+    assert not (killed / "generator.json").exists()
     runner.main(runner.parse_args(train_args(world["dataset"], killed, world["judge"], "--resume")))
     assert json.loads((killed / "summary.json").read_text())["resumed_from"] == 6
     straight = world["generator"]
@@ -226,10 +218,7 @@ def test_generation_eval_reports_every_row_and_a_grid(world, tmp_path):
 
 def test_generation_eval_adds_a_hypernetwork_row(world, tmp_path):
     run = tmp_path / "hyper"
-    train = ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(run), "--subjects",
-             "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
-             "--images", "4", "--references", "2", "--renders", "2", "--steps", "2", "--batch-size", "2",
-             "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress"]  # fmt: skip
+    train = tiny_hypernetwork_args(run, "--steps", "2")
     runner.main(runner.parse_args(train))
     args = [
         "generation-eval", "--dataset", str(world["dataset"]), "--generator", str(world["generator"]),
@@ -328,10 +317,7 @@ def test_distilled_dataset_holds_the_hypernetworks_adapters_and_trains_a_generat
     from peft_inits.generation.workflow import load_base
 
     run_dir = tmp_path / "hyper"
-    train = ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(run_dir), "--subjects",
-             "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
-             "--images", "4", "--references", "2", "--renders", "2", "--steps", "3", "--batch-size", "2",
-             "--eval-every", "3", "--save-every", "3", "--lr", "5e-2", "--no-progress"]  # fmt: skip
+    train = tiny_hypernetwork_args(run_dir, "--steps", "3", "--eval-every", "3", "--save-every", "3", "--lr", "5e-2")
     runner.main(runner.parse_args(train))
     out = tmp_path / "distilled"
     args = ["distill-hypernetwork", "--hypernetwork", str(run_dir), "--dataset", str(world["dataset"])]

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from runner_helpers import tiny_hypernetwork_args
 
 from peft_inits.cli import sd as runner
 from peft_inits.diffusion.tiny import tiny_pipeline
@@ -17,11 +18,7 @@ from peft_inits.generation.hypernetwork_run import load_hypernetwork
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("heldout") / "run"
-    args = ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(out), "--subjects",
-            "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
-            "--images", "4", "--references", "2", "--renders", "2", "--steps", "2", "--batch-size", "2",
-            "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress"]  # fmt: skip
-    runner.main(runner.parse_args(args))
+    runner.main(runner.parse_args(tiny_hypernetwork_args(out, "--steps", "2")))
     return load_hypernetwork(out)
 
 

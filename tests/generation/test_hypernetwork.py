@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from PIL import Image
-from runner_helpers import assert_bad_references_refused
+from runner_helpers import Crash, assert_bad_references_refused, crash_at, tiny_hypernetwork_args
 from torch import nn
 
 from peft_inits.checkpoint import load_tensors, verify_adapter_dir
@@ -20,7 +20,6 @@ from peft_inits.generation.hypernetwork import HypernetSettings, Hypernetwork, S
 from peft_inits.population import Population, per_adapter_mean
 from peft_inits.training.prepare import prepare
 from peft_inits.training.rundir import read_records, without_timing
-from peft_inits.training.sampler import StepSampler
 from peft_inits.training.settings import AdapterSettings
 
 # ------------------------------------------------------------------------------------------------ a known optimum
@@ -103,11 +102,7 @@ def test_conditioned_predictions_land_on_their_cluster_and_beat_the_mean():
 # ------------------------------------------------------------------------------------------------ the tiny U-Net
 
 
-def _train_args(out, *extra: str) -> list[str]:
-    return ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(out), "--subjects",
-            "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
-            "--images", "4", "--references", "2", "--renders", "2", "--steps", "6", "--batch-size", "2",
-            "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress", *extra]  # fmt: skip
+_train_args = tiny_hypernetwork_args
 
 
 @pytest.fixture(scope="module")
@@ -159,16 +154,9 @@ def test_a_training_step_changes_only_the_hypernetwork():
 
 
 def test_resume_reproduces_the_uninterrupted_run(trained, tmp_path):
-    original = StepSampler.indices
-
-    def indices(self, index):
-        if index == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, index)
-
     killed = tmp_path / "run"
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(StepSampler, "indices", indices)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 4)
         runner.main(runner.parse_args(_train_args(killed)))
     assert not (killed / "hypernetwork.json").exists()
     runner.main(runner.parse_args(_train_args(killed, "--resume")))

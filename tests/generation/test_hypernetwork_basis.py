@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from runner_helpers import Crash, crash_at, tiny_hypernetwork_args
 from safetensors.torch import save_file
 
 from peft_inits import functional as Fn
@@ -22,7 +23,6 @@ from peft_inits.generation.hypernetwork import HypernetSettings, Hypernetwork, O
 from peft_inits.generation.hypernetwork_basis import BasisSettings, adapter_vector, basis_source, fit_basis
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
 from peft_inits.training.rundir import read_records, without_timing
-from peft_inits.training.sampler import StepSampler
 from peft_inits.training.settings import AdapterSettings
 
 ADAPTER = AdapterSettings(method="lora", r=2, module_kinds=["attn2"], head_modules=[], init_seed=0)
@@ -110,11 +110,8 @@ def _write_dataset(root, attached, subject_ids, *, method="lora", init_seed=0, h
 
 
 def _train_args(out, dataset, *extra: str) -> list[str]:
-    return ["train-hypernetwork", "--method", "lora", "--model", "tiny", "--output-dir", str(out), "--subjects",
-            "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
-            "--images", "4", "--references", "2", "--renders", "2", "--steps", "6", "--batch-size", "2",
-            "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress", "--basis-dataset",
-            str(dataset), "--basis-size", str(RANK), *extra]  # fmt: skip
+    return tiny_hypernetwork_args(out, "--method", "lora", "--basis-dataset", str(dataset), "--basis-size", str(RANK),
+                                  *extra)  # fmt: skip
 
 
 TRAIN_IDS = ["s000", "s001", "s002", "s003", "s004", "s005"]
@@ -182,16 +179,9 @@ def test_a_training_step_through_a_basis_changes_only_the_mlp(trained):
 
 
 def test_resume_with_a_basis_is_exact(trained, tmp_path):
-    original = StepSampler.indices
-
-    def indices(self, index):
-        if index == 4:
-            raise KeyboardInterrupt("killed")
-        return original(self, index)
-
     killed = tmp_path / "run"
-    with pytest.MonkeyPatch.context() as patch, pytest.raises(KeyboardInterrupt):
-        patch.setattr(StepSampler, "indices", indices)
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Crash):
+        crash_at(patch, 4)
         runner.main(runner.parse_args(_train_args(killed, trained["data"])))
     runner.main(runner.parse_args(_train_args(killed, trained["data"], "--resume")))
     assert json.loads((killed / "summary.json").read_text())["resumed_from"] == 4

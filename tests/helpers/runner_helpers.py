@@ -55,6 +55,15 @@ def crash_at(monkeypatch, step: int) -> None:
     monkeypatch.setattr(StepSampler, "indices", indices)
 
 
+def tiny_hypernetwork_args(out: Path, *extra: str) -> list[str]:
+    """`sd train-hypernetwork` on the tiny pipeline: SVFit r = 2 on attn2, 4 + 2 subjects, 6 steps (`extra` flags,
+    given later, override these)."""
+    return ["train-hypernetwork", "--method", "svfit", "--model", "tiny", "--output-dir", str(out), "--subjects",
+            "4", "--heldout", "2", "--features", "vae", "--r", "2", "--module-kinds", "attn2", "--hidden", "8",
+            "--images", "4", "--references", "2", "--renders", "2", "--steps", "6", "--batch-size", "2",
+            "--eval-every", "2", "--save-every", "2", "--lr", "1e-2", "--no-progress", *extra]  # fmt: skip
+
+
 def load_script(name: str):
     """Import experiments/<name>.py (not a package) as a module."""
     spec = importlib.util.spec_from_file_location(f"experiments_{name}", ROOT / "experiments" / f"{name}.py")
