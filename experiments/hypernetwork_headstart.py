@@ -29,18 +29,15 @@ import torch
 
 from peft_inits.cli import args as cli
 from peft_inits.diffusion.models import load_pipeline
-from peft_inits.diffusion.objective import Frozen
 from peft_inits.generation import dataset as D
 from peft_inits.generation import features as feats
-from peft_inits.generation.builder import Chunk, Job, _eval_losses, population_noise_loss
+from peft_inits.generation.builder import _eval_losses
+from peft_inits.generation.finetune import Finetuner, target_adapter
 from peft_inits.generation.heldout import SCORES, HeldoutSampler, Retrieval, SubjectScorer, mean_sem
 from peft_inits.generation.heldout import paired as paired_difference
 from peft_inits.generation.hypernetwork_basis import adapter_vector
 from peft_inits.generation.hypernetwork_run import load_hypernetwork
-from peft_inits.generation.hypernetwork_training import attach
 from peft_inits.generation.workflow import Base, check_base, model_folder
-from peft_inits.training.optim import build_scheduler
-from peft_inits.training.settings import AdapterSettings, TrainSettings
 
 STARTS = ("standard init", "hypernetwork", "retrieval")
 
@@ -91,6 +88,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     bank = {e.subject_id: e for e in dataset.entries("train") if e.seed == 0 and e.subject_id in run.meta[
         "train_subjects"]}  # fmt: skip
     retrieved: list[str] = []
+    retrieved_values = None
     if "retrieval" in args.starts:
         retrieval = Retrieval(run, [s for s in run.meta["train_subjects"] if s in bank])
         retrieved = [retrieval.nearest({k: v[None] for k, v in c.items()}) for c in conditions]
@@ -103,42 +101,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         judge = JudgeScorer(cached_judge(args.cache_dir))
         scorers = [SubjectScorer(judge, s, r, resolution) for s, r in zip(subjects, references, strict=True)]
 
-    frozen = Frozen(pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.scheduler).to(torch.device("cpu"))
-    adapter = AdapterSettings(**json.loads((run.root / "config.json").read_text())["target_adapter"])
-    attached = attach(pipe.unet, adapter, len(entries))
-    population = attached.population
-    init = [p.detach().clone() for p in population.parameters()]
-    jobs = [Job(subject, "heldout", 0) for subject in subjects]
-    chunk = Chunk(jobs, frozen, settings["images"], settings["references"], resolution, settings["batch_size"],
-                  torch.device("cpu"))  # fmt: skip
-    prediction = settings["prediction"]
+    finetuner = Finetuner.build(pipe, target_adapter(run.root), settings, len(entries))
+    population, chunk = finetuner.population, finetuner.chunk(subjects)
     rates = {"standard init": settings["lr"], "hypernetwork": args.lr or settings["lr"],
              "retrieval": args.lr or settings["lr"]}  # fmt: skip
     losses: dict[str, dict[int, list[float]]] = {}
     scores: dict[str, dict[int, dict[str, list[float]]]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for start in args.starts:
-            with torch.no_grad():
-                for param, value in zip(population.parameters(), init, strict=True):
-                    param.copy_(value)
-                start_values = {"hypernetwork": predicted, "retrieval": retrieved_values if retrieved else None}
-                if start in start_values:
-                    own = dict(population.named_parameters())
-                    for name, value in attached.slots.split(start_values[start]).items():
-                        own[name].copy_(value)
-            chunk.generators = [torch.Generator().manual_seed(job.noise_seed) for job in jobs]
-            optimizer = population.optimizer(rates[start], settings["weight_decay"])
-            schedule = TrainSettings(steps=settings["steps"], batch_size=settings["batch_size"],
-                                     warmup=settings["warmup"], lr=rates[start])  # fmt: skip
-            scheduler = build_scheduler(optimizer, schedule)
-            for step in range(settings["steps"] + 1):
+
+            def record(step: int, start: str = start) -> None:
                 if step in args.checkpoints:
-                    losses.setdefault(start, {})[step] = _eval_losses(attached.unet, frozen.scheduler, population,
-                                                                      chunk, prediction)  # fmt: skip
+                    losses.setdefault(start, {})[step] = _eval_losses(finetuner.attached.unet,
+                        finetuner.frozen.scheduler, population, chunk, settings["prediction"])  # fmt: skip
                 if step in args.score_at:
                     row = scores.setdefault(start, {}).setdefault(step, {m: [] for m in SCORES})
                     for k, scorer in enumerate(scorers):
-                        directory = population.save(k, Path(scratch) / f"{k}")
+                        directory = finetuner.save(k, Path(scratch) / f"{k}")
                         for metric, value in scorer.score(sampler(directory)).items():
                             row[metric].append(value)
                 shown = {m: f"{statistics.fmean(v):.3f}" for m, v in scores.get(start, {}).get(step, {}).items()}
@@ -146,16 +125,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                     loss = statistics.fmean(losses[start][step]) if step in losses.get(start, {}) else float("nan")
                     print(f"{start} step {step}: loss {loss:.4f} {shown} ({time.perf_counter() - began:.0f} s)",
                           flush=True)  # fmt: skip
-                if step == settings["steps"]:
-                    break
-                latents, context, index = chunk.batch(step)
-                batch_losses = population_noise_loss(attached.unet, frozen.scheduler, population, latents, context,
-                                                     index, chunk.generators, prediction)  # fmt: skip
-                batch_losses.sum().backward()
-                population.clip_grad_norms(settings["max_grad_norm"])
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+
+            finetuner.start_from({"hypernetwork": predicted, "retrieval": retrieved_values}.get(start))
+            finetuner.train(chunk, settings["steps"], rates[start], on_step=record)
     population.detach()
     report = _report(args, dataset, run, entries, rates, retrieved, losses, scores)
     report["wall_time_s"] = time.perf_counter() - began

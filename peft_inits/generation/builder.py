@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,9 @@ class Job:
 
     @property
     def noise_seed(self) -> int:  # noise and timesteps differ per subject, not only per seed
-        return self.seed * 1_000_003 + int(self.subject.subject_id[1:])
+        suffix = self.subject.subject_id[1:]  # the pool position of "s042"; any other id: a stable hash of it
+        position = int(suffix) if suffix.isdigit() else zlib.crc32(self.subject.subject_id.encode())
+        return self.seed * 1_000_003 + position
 
 
 @dataclasses.dataclass(frozen=True)

@@ -45,7 +45,7 @@ from .dataset import DatasetEntry, Subject
 from .entries import training_data
 from .workflow import Base, check_base, generate_tensors, load_generator, model_folder, write_generated
 
-ROWS = ("generated", "hypernetwork", "trained", "retrieval", "words", "none")
+ROWS = ("generated", "hypernetwork", "hypernetwork + fine-tune", "trained", "retrieval", "words", "none")
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class EvalSettings:
     )
     class_word: str | None = setting(None, "CLIP-T: the class noun replacing the subject word (DreamBooth's protocol)")
     shape: bool = setting(True, "glyph-shape fidelity of the plain prompt's samples (glyph-world subjects)")
+    finetune_steps: int = setting(0, "'hypernetwork + fine-tune' row: steps from each prediction (0: no row)")
+    finetune_lr: float | None = setting(None, "that fine-tune's learning rate (default: the data set's)")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -140,6 +142,7 @@ class EvalPlan:
     hypernetworks: list[tuple[Any, Any]]  # (hypernetwork_run.HypernetworkRun, its feature sources on this pipeline)
     bank: torch.Tensor  # the training adapters in token space (memorisation check)
     plain: int | None  # which prompt the shape score reads (None: no shape score)
+    finetuner: Any = None  # finetune.Finetuner on its own copy of the base, with `finetune_steps`
 
 
 @dataclass
@@ -246,8 +249,32 @@ def make_plan(
     plain = None
     if settings.shape and not (clip or dino) and "plain" in settings.backgrounds:
         plain = list(settings.backgrounds).index("plain")
+    finetuner = _finetuner(settings, hypers, dataset, model, cache_dir) if settings.finetune_steps else None
     return EvalPlan(settings, out, run, dataset, subjects, chosen, train_by_name, pipe, sources, scorer, word,
-                    prompts, prompted, hypers, bank, plain)  # fmt: skip
+                    prompts, prompted, hypers, bank, plain, finetuner)  # fmt: skip
+
+
+def _finetuner(settings: EvalSettings, hypers: Sequence[tuple[Any, Any]], dataset, model, cache_dir):
+    """The 'hypernetwork + fine-tune' row's trainer: the data set's training settings on a second copy of the base."""
+    from ..diffusion.models import load_pipeline
+    from .finetune import TRAINING_KEYS, Finetuner, target_adapter
+
+    if settings.finetune_steps < 0:
+        raise ValueError(f"--finetune-steps must be >= 0, got {settings.finetune_steps}")
+    if not hypers:
+        raise ValueError("--finetune-steps fine-tunes the hypernetworks' predictions: pass --hypernetworks")
+    missing = [k for k in TRAINING_KEYS if k not in dataset.settings]
+    if missing:
+        raise ValueError(f"{dataset.root} records no {', '.join(missing)}: it was not built by adapter-dataset, so "
+                         "there is no training recipe to fine-tune with")  # fmt: skip
+    adapters = {json.dumps(asdict(target_adapter(hyper.root)), sort_keys=True) for hyper, _ in hypers}
+    if len(adapters) > 1:
+        raise ValueError("the hypernetworks predict different adapter configurations; fine-tune them separately")
+    pipe = load_pipeline(model_folder(model, cache_dir or "runs/cache"))
+    finetuner = Finetuner.build(pipe, target_adapter(hypers[0][0].root), dataset.settings, size=1)
+    if finetuner.attached.slots.names != hypers[0][0].net.slots.names:
+        raise ValueError(f"{hypers[0][0].root} predicts other tensors than its adapter configuration trains")
+    return finetuner
 
 
 def _load_hypernetwork(path: str | Path, generator, base: Base, heldout: Sequence[str], cache_dir: str | None):
@@ -313,6 +340,20 @@ def score_rows(
     return result
 
 
+def _finetune(plan: EvalPlan, hyper, condition: dict[str, torch.Tensor], entry: DatasetEntry, out: Path) -> Path:
+    """The hypernetwork's prediction for `entry`'s subject, fine-tuned `finetune_steps` steps on its renders."""
+    settings, finetuner = plan.settings, plan.finetuner
+    with torch.no_grad():
+        values = hyper.net({k: v[None] for k, v in condition.items()})
+    subject = glyph_subject(entry)
+    if subject is None:
+        raise ValueError(f"{entry.name}: not a glyph-world subject, so there are no renders to fine-tune on")
+    finetuner.start_from(values)
+    lr = settings.finetune_lr if settings.finetune_lr is not None else finetuner.settings["lr"]
+    finetuner.train(finetuner.chunk([subject]), settings.finetune_steps, lr)
+    return finetuner.save(0, out)
+
+
 def _pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
 
@@ -321,14 +362,22 @@ def _shape_references(plan: EvalPlan, entry: DatasetEntry, size: int) -> list | 
     """Plain renders of a glyph-world subject for the shape score; None without a plain prompt or for a subject the
     glyph world cannot render (e.g. a real-SD data set)."""
     from ..glyph.shape_fidelity import REFERENCE_SEED, plain_references
+
+    subject = glyph_subject(entry)
+    if plan.plain is None or subject is None:
+        return None
+    return list(plain_references(subject, 8, size, REFERENCE_SEED))
+
+
+def glyph_subject(entry: DatasetEntry) -> Subject | None:
+    """The glyph-world subject an entry records (None for one the glyph world cannot render, e.g. real SD)."""
     from ..glyph.world import attribute_values
 
     look = entry.look or {}
     known = all(look.get(a) in attribute_values(a) + attribute_values(a, True) for a in ("family", "variant", "colour"))
-    if plan.plain is None or not known or len(entry.subject) != 1:
+    if not known or len(entry.subject) != 1:
         return None
-    subject = Subject(entry.subject_id, entry.subject, look["family"], look["variant"], look["colour"])
-    return list(plain_references(subject, 8, size, REFERENCE_SEED))
+    return Subject(entry.subject_id, entry.subject, look["family"], look["variant"], look["colour"])
 
 
 def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
@@ -376,6 +425,13 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
         times["hypernetwork"].append(time.perf_counter() - began + (feature_s if sources is plan.sources else 0.0))
         measure("hypernetwork", directory)
         variants.setdefault("hypernetwork", []).append(_pooled(scored(render_rows(plan, directory, prompts, "hyper"))))
+        if plan.finetuner is not None:
+            row = "hypernetwork + fine-tune"
+            began = time.perf_counter()
+            directory = _finetune(plan, hyper, own, entries[0], plan.out / "finetuned" / f"{subject_id}-run{index}")
+            times[row].append(times["hypernetwork"][-1] + time.perf_counter() - began)
+            measure(row, directory)
+            variants.setdefault(row, []).append(_pooled(scored(render_rows(plan, directory, prompts, "finetuned"))))
     trained_rows = None
     for entry in entries:
         rows = render_rows(plan, entry.directory, prompts, "trained")

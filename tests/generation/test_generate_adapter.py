@@ -253,6 +253,41 @@ def test_generation_eval_adds_a_hypernetwork_row(world, tmp_path):
     assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == before
 
 
+def test_generation_eval_fine_tunes_each_prediction(world, tmp_path):
+    run = tmp_path / "hyper"
+    runner.main(runner.parse_args(tiny_hypernetwork_args(run, "--steps", "2")))
+    args = [
+        "generation-eval", "--generator", str(world["generator"]), "--judge", str(world["judge"]), "--seeds", "0",
+        "--image-seeds", "0", "--sample-steps", "2", "--backgrounds", "plain", "--hypernetworks", str(run),
+        "--no-shape", "--finetune-steps", "2",
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match=r"records no images.*not built by adapter-dataset"):
+        runner.main(runner.parse_args([*args, "--dataset", str(world["dataset"]), "--output-dir", str(tmp_path / "x")]))
+    dataset = tmp_path / "dataset"  # the hand-made data set, given the training recipe adapter-dataset records
+    shutil.copytree(world["dataset"], dataset)
+    manifest = json.loads((dataset / "dataset.json").read_text())
+    manifest["settings"] = {"images": 4, "references": 2, "batch_size": 2, "lr": 0.05, "warmup": 0.0,
+                            "weight_decay": 0.01, "max_grad_norm": 1.0, "prediction": "epsilon"}  # fmt: skip
+    (dataset / "dataset.json").write_text(json.dumps(manifest))
+    tuned = {}
+    for lr in ("0", "0.05"):
+        out = tmp_path / f"eval-{lr}"
+        report = runner.main(runner.parse_args([*args, "--dataset", str(dataset), "--output-dir", str(out),
+                                                "--finetune-lr", lr]))  # fmt: skip
+        assert list(report["table"]) == ["generated", "hypernetwork", "hypernetwork + fine-tune", "trained",
+                                         "retrieval", "words", "none"]  # fmt: skip
+        row = report["table"]["hypernetwork + fine-tune"]
+        assert row["time_to_adapter_s"] >= report["table"]["hypernetwork"]["time_to_adapter_s"]
+        assert report["weight_distance"]["hypernetwork + fine-tune: nearest training adapter"]["n"] == 1
+        predicted = load_tensors(out / "hypernetwork" / "sC-run0" / "adapter_model.safetensors")
+        tuned[lr] = load_tensors(out / "finetuned" / "sC-run0" / "adapter_model.safetensors")
+        assert tuned[lr].keys() == predicted.keys()
+        gains = [k for k in predicted if k.endswith(".s")]
+        same = all(torch.equal(tuned[lr][k], predicted[k]) for k in gains)
+        assert same == (lr == "0")  # at rate 0 the fine-tune leaves the prediction as it was
+    assert verify_adapter_dir(tmp_path / "eval-0.05" / "finetuned" / "sC-run0")[0]["peft_type"] == "SVFIT"
+
+
 @pytest.fixture(scope="module")
 def encoders(tmp_path_factory):
     """A width-16 CLIP (with its image projection) and a width-16 DINOv2, saved as local checkpoints."""
