@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from ..training.fields import setting
 from . import features as feats
@@ -178,7 +179,8 @@ def evaluate(
         dataset_dir, generator_dir, output_dir, settings or EvalSettings(), model=model, judge=judge,
         cache_dir=cache_dir, image_encoder=image_encoder, clip=clip, dino=dino, hypernetworks=hypernetworks,
     )  # fmt: skip
-    results = [evaluate_subject(plan, subject_id) for subject_id in plan.chosen]
+    subjects = tqdm(plan.chosen, desc="held-out subjects", unit="subject", dynamic_ncols=True)
+    results = [evaluate_subject(plan, subject_id) for subject_id in subjects]
     return write_report(plan, results)
 
 
