@@ -29,11 +29,12 @@ import torch
 from peft_inits.diffusion.models import load_pipeline
 from peft_inits.diffusion.objective import Frozen
 from peft_inits.diffusion.train import SampleSettings, frozen_parts, native_resolution
+from peft_inits.generation.builder import population_noise_loss
 from peft_inits.glyph.concepts import GlyphConcept
 from peft_inits.glyph.personalize import train_concept_adapter
 from peft_inits.glyph.shipped import model_path, runner_family
 from peft_inits.glyph.trainset import glyph_training_set
-from peft_inits.population import Population, per_adapter_mean
+from peft_inits.population import Population
 from peft_inits.training.prepare import prepare
 from peft_inits.training.sampler import StepSampler
 from peft_inits.training.settings import AdapterSettings, TrainSettings
@@ -91,7 +92,7 @@ def population_step_times(args: argparse.Namespace, size: int) -> list[float]:
     samplers = [StepSampler(len(data), BATCH, seed=k) for k, data in enumerate(members)]
     generators = [torch.Generator().manual_seed(k) for k in range(size)]
     optimizer = population.optimizer(args.lr, 0.01)
-    steps = frozen.scheduler.config.num_train_timesteps
+    prediction = frozen.scheduler.config.get("prediction_type", "epsilon")
     times = []
     for step in range(args.steps + 2):
         started = time.perf_counter()
@@ -99,22 +100,10 @@ def population_step_times(args: argparse.Namespace, size: int) -> list[float]:
         pixels = torch.cat([b["pixels"] for b in batches] + [b["prior_pixels"] for b in batches])
         ids = torch.cat([b["ids"] for b in batches] + [b["prior_ids"] for b in batches])
         owner = torch.arange(size).repeat_interleave(BATCH)
-        index = torch.cat([owner, owner])
-        prior = torch.cat([torch.zeros(len(owner)), torch.ones(len(owner))]).bool()
-        latents, context = frozen.latents(pixels), frozen.context(ids)
-        noise = torch.empty(latents.shape)
-        timesteps = torch.empty(len(latents), dtype=torch.long)
-        for k, generator in enumerate(generators):
-            rows = (index == k).nonzero().flatten()
-            noise[rows] = torch.randn((len(rows), *latents.shape[1:]), generator=generator)
-            timesteps[rows] = torch.randint(0, steps, (len(rows),), generator=generator)
-        noisy = frozen.scheduler.add_noise(latents, noise, timesteps)
-        with population.batch(index):
-            predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        per_sample = (predicted - noise).pow(2).flatten(1).mean(1)
-        loss = per_adapter_mean(per_sample[~prior], index[~prior], size) + per_adapter_mean(
-            per_sample[prior], index[prior], size
-        )
+        latents, context = frozen.latents(pixels), frozen.context(ids)  # per step, as the study's loss encodes them
+        # each member's mean over its 4 instance + 4 prior samples, × 2: instance loss + prior loss, as the study
+        loss = 2 * population_noise_loss(unet, frozen.scheduler, population, latents, context,
+                                         torch.cat([owner, owner]), generators, prediction)  # fmt: skip
         loss.sum().backward()
         population.clip_grad_norms(1.0)
         optimizer.step()

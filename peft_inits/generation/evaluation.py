@@ -342,14 +342,11 @@ def score_rows(
     return result
 
 
-def _finetune(plan: EvalPlan, hyper, condition: dict[str, torch.Tensor], entry: DatasetEntry, out: Path) -> Path:
-    """The hypernetwork's prediction for `entry`'s subject, fine-tuned `finetune_steps` steps on its renders."""
+def _finetune(plan: EvalPlan, values: torch.Tensor, subject: Subject | None, name: str, out: Path) -> Path:
+    """A prediction (1, P) for `subject`, fine-tuned `finetune_steps` steps on its renders."""
     settings, finetuner = plan.settings, plan.finetuner
-    with torch.no_grad():
-        values = hyper.net({k: v[None] for k, v in condition.items()})
-    subject = glyph_subject(entry)
     if subject is None:
-        raise ValueError(f"{entry.name}: not a glyph-world subject, so there are no renders to fine-tune on")
+        raise ValueError(f"{name}: not a glyph-world subject, so there are no renders to fine-tune on")
     finetuner.start_from(values)
     lr = settings.finetune_lr if settings.finetune_lr is not None else finetuner.settings["lr"]
     finetuner.train(finetuner.chunk([subject]), settings.finetune_steps, lr)
@@ -360,12 +357,11 @@ def _pooled(per_seed: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(s[k] for s in per_seed) for k in per_seed[0]}
 
 
-def _shape_references(plan: EvalPlan, entry: DatasetEntry, size: int) -> list | None:
+def _shape_references(plan: EvalPlan, subject: Subject | None, size: int) -> list | None:
     """Plain renders of a glyph-world subject for the shape score; None without a plain prompt or for a subject the
-    glyph world cannot render (e.g. a real-SD data set)."""
+    glyph world cannot render (None, e.g. a real-SD data set)."""
     from ..glyph.shape_fidelity import REFERENCE_SEED, plain_references
 
-    subject = glyph_subject(entry)
     if plan.plain is None or subject is None:
         return None
     return list(plain_references(subject, 8, size, REFERENCE_SEED))
@@ -388,7 +384,8 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     entries = plan.subjects[subject_id]
     references = feats.read_references(entries[0].references_dir)
     reference_features = plan.scorer.features(references)
-    shapes = _shape_references(plan, entries[0], plan.pipe.unet.config.sample_size * plan.pipe.vae_scale_factor)
+    subject = glyph_subject(entries[0])
+    shapes = _shape_references(plan, subject, plan.pipe.unet.config.sample_size * plan.pipe.vae_scale_factor)
 
     def scored(rows: list[list]) -> list[dict[str, float]]:
         return score_rows(plan, rows, reference_features, shapes)
@@ -422,7 +419,9 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
     for index, (hyper, sources) in enumerate(plan.hypernetworks):
         began = time.perf_counter()
         own = condition if sources is plan.sources else feats.condition(sources, references)
-        state = hyper.states({k: v[None] for k, v in own.items()})[0]
+        with torch.no_grad():
+            values = hyper.net({k: v[None] for k, v in own.items()})
+        state = hyper.state_of(values[0])
         directory = hyper.write(state, plan.out / "hypernetwork" / f"{subject_id}-run{index}", {"run": str(hyper.root)})
         times["hypernetwork"].append(time.perf_counter() - began + (feature_s if sources is plan.sources else 0.0))
         measure("hypernetwork", directory)
@@ -430,7 +429,8 @@ def evaluate_subject(plan: EvalPlan, subject_id: str) -> SubjectResult:
         if plan.finetuner is not None:
             row = "hypernetwork + fine-tune"
             began = time.perf_counter()
-            directory = _finetune(plan, hyper, own, entries[0], plan.out / "finetuned" / f"{subject_id}-run{index}")
+            out = plan.out / "finetuned" / f"{subject_id}-run{index}"
+            directory = _finetune(plan, values, subject, entries[0].name, out)
             times[row].append(times["hypernetwork"][-1] + time.perf_counter() - began)
             measure(row, directory)
             variants.setdefault(row, []).append(_pooled(scored(render_rows(plan, directory, prompts, "finetuned"))))
